@@ -1,0 +1,167 @@
+/**
+ * `/dev/kvm`: the KVM system fd. It checks the API version, answers
+ * capability queries, reports the supported CPUID, and makes VMs.
+ *
+ * @module
+ */
+
+import { Errno, libc, O_CLOEXEC, O_RDWR, OsError } from "../../../ffi/libc.ts";
+import {
+  KVM,
+  KVM_API_VERSION,
+  kvm_cpuid2,
+  kvm_cpuid_entry2,
+  writeStruct,
+} from "../../../ffi/kvm.ts";
+import type { Hypervisor } from "../hv.ts";
+import { KvmVm } from "./vm.ts";
+
+/** The device node of KVM. */
+export const KVM_DEVICE = "/dev/kvm";
+
+/** Most CPUID leaves asked for; KVM answers E2BIG if it has more. */
+const MAX_CPUID_ENTRIES = 256;
+
+/**
+ * The KVM hypervisor (`/dev/kvm`).
+ *
+ * @example
+ * ```ts ignore
+ * import { Kvm } from "./system.ts";
+ * const kvm = Kvm.open();
+ * const vm = kvm.createVm();
+ * vm.addMemory(0n, 0x10000n);
+ * await vm.close();
+ * kvm.close();
+ * ```
+ */
+export class Kvm implements Hypervisor {
+  #fd: number;
+  #cpuid: Uint8Array | undefined;
+  #mmapSize: number;
+
+  private constructor(fd: number) {
+    this.#fd = fd;
+    this.#mmapSize = libc().ioctl(
+      fd,
+      KVM.GET_VCPU_MMAP_SIZE,
+      0,
+      "KVM_GET_VCPU_MMAP_SIZE",
+    );
+  }
+
+  /** Opens `/dev/kvm` and checks the API version; clear errors otherwise. */
+  static open(path = KVM_DEVICE): Kvm {
+    const c = libc();
+    let fd: number;
+    try {
+      fd = c.open(path, O_RDWR | O_CLOEXEC);
+    } catch (e) {
+      throw explainOpenError(path, e);
+    }
+    try {
+      const version = c.ioctl(
+        fd,
+        KVM.GET_API_VERSION,
+        0,
+        "KVM_GET_API_VERSION",
+      );
+      if (version !== KVM_API_VERSION) {
+        throw new Error(
+          `Cannot use ${path}: KVM API version ${version}, initx needs ${KVM_API_VERSION}; upgrade the host kernel`,
+        );
+      }
+      return new Kvm(fd);
+    } catch (e) {
+      c.close(fd);
+      throw e;
+    }
+  }
+
+  /** `KVM_CHECK_EXTENSION`: 0 if the capability is missing, else its value. */
+  checkExtension(cap: number): number {
+    return libc().ioctl(
+      this.#fd,
+      KVM.CHECK_EXTENSION,
+      cap,
+      "KVM_CHECK_EXTENSION",
+    );
+  }
+
+  /** `KVM_GET_SUPPORTED_CPUID` as `kvm_cpuid2` bytes (header + entries). */
+  supportedCpuid(): Uint8Array {
+    if (this.#cpuid) return this.#cpuid;
+    const buf = new Uint8Array(
+      kvm_cpuid2.size + MAX_CPUID_ENTRIES * kvm_cpuid_entry2.size,
+    );
+    writeStruct(new DataView(buf.buffer), kvm_cpuid2, {
+      nent: MAX_CPUID_ENTRIES,
+    });
+    libc().ioctl(
+      this.#fd,
+      KVM.GET_SUPPORTED_CPUID,
+      Deno.UnsafePointer.of(buf),
+      "KVM_GET_SUPPORTED_CPUID",
+    );
+    const n = new DataView(buf.buffer).getUint32(0, true);
+    this.#cpuid = buf.slice(0, kvm_cpuid2.size + n * kvm_cpuid_entry2.size);
+    return this.#cpuid;
+  }
+
+  /** Creates a VM (`KVM_CREATE_VM`). */
+  createVm(options: { irqchip?: boolean } = {}): KvmVm {
+    const c = libc();
+    let fd: number;
+    try {
+      fd = c.ioctl(this.#fd, KVM.CREATE_VM, 0, "KVM_CREATE_VM");
+    } catch (e) {
+      if (e instanceof OsError) {
+        throw new Error(
+          `Cannot create a KVM virtual machine: ${e.message}; another hypervisor may hold the CPU's virtualization, or the host is out of memory`,
+          { cause: e },
+        );
+      }
+      throw e;
+    }
+    return new KvmVm(fd, {
+      irqchip: options.irqchip,
+      mmapSize: this.#mmapSize,
+      cpuid: this.supportedCpuid(),
+    });
+  }
+
+  /** Closes `/dev/kvm`. Safe to call twice. */
+  close(): void {
+    if (this.#fd < 0) return;
+    libc().close(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+/** Turns a failed `open("/dev/kvm")` into one sentence a user can act on. */
+export function explainOpenError(path: string, e: unknown): Error {
+  if (!(e instanceof OsError)) {
+    return e instanceof Error ? e : new Error(String(e));
+  }
+  switch (e.errno) {
+    case Errno.ENOENT:
+      return new Error(
+        `Cannot open ${path}: it does not exist; this host has no KVM (enable virtualization in the firmware and load kvm_intel or kvm_amd, or use a VM with nested virtualization)`,
+        { cause: e },
+      );
+    case Errno.EACCES:
+    case Errno.EPERM:
+      return new Error(
+        `Cannot open ${path}: permission denied; add your user to the "kvm" group or run as root`,
+        { cause: e },
+      );
+    case Errno.ENODEV:
+    case Errno.ENXIO:
+      return new Error(
+        `Cannot open ${path}: no KVM driver is loaded behind it; load kvm_intel or kvm_amd`,
+        { cause: e },
+      );
+    default:
+      return new Error(`Cannot open ${path}: ${e.message}`, { cause: e });
+  }
+}

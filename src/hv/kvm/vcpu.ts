@@ -1,0 +1,225 @@
+/**
+ * The owner's side of a vCPU: starts its Worker, serves its device exits from
+ * the shared `kvm_run` page, and stops it on request (sets `immediate_exit`
+ * and the stop flag, then interrupts `KVM_RUN` with SIGUSR1 sent to the
+ * Worker's thread).
+ *
+ * @module
+ */
+
+import { libc, SIGUSR1 } from "../../../ffi/libc.ts";
+import { KVM_EXIT, KVM_EXIT_IO_IN, kvm_run } from "../../../ffi/kvm.ts";
+import type { ExitHandlers, HvVcpu, VcpuInit, VcpuOutcome } from "../hv.ts";
+import {
+  Ctl,
+  CtlState,
+  type WorkerReply,
+  type WorkerStart,
+} from "./vcpu_protocol.ts";
+
+let signalUsers = 0;
+const ignoreSignal = () => {};
+
+/** Installs a SIGUSR1 listener so that the kick does not kill the process. */
+function holdSignal(): void {
+  if (signalUsers++ === 0) Deno.addSignalListener("SIGUSR1", ignoreSignal);
+}
+
+function releaseSignal(): void {
+  if (--signalUsers === 0) Deno.removeSignalListener("SIGUSR1", ignoreSignal);
+}
+
+/** A vCPU running in its own Worker. Made by `KvmVm.startVcpu`. */
+export class KvmVcpu implements HvVcpu {
+  /** The vCPU index. */
+  readonly id: number;
+  #done!: Promise<VcpuOutcome>;
+  #worker: Worker;
+  #ctl: Int32Array;
+  #handlers: ExitHandlers;
+  #tid = 0;
+  #run: DataView | undefined;
+  #runBytes: Uint8Array | undefined;
+  #handlerError: string | undefined;
+  #finished = false;
+  #mmapSize: number;
+
+  private constructor(
+    id: number,
+    worker: Worker,
+    ctl: Int32Array,
+    options: { handlers: ExitHandlers; mmapSize: number },
+  ) {
+    this.id = id;
+    this.#mmapSize = options.mmapSize;
+    this.#worker = worker;
+    this.#ctl = ctl;
+    this.#handlers = options.handlers;
+  }
+
+  /** Resolves with the run's outcome. */
+  get done(): Promise<VcpuOutcome> {
+    return this.#done;
+  }
+
+  /** Starts vCPU `id` of the VM `vmFd`; resolves once it is about to run. */
+  static start(
+    vmFd: number,
+    id: number,
+    options: { mmapSize: number; cpuid?: Uint8Array; init: VcpuInit },
+  ): Promise<KvmVcpu> {
+    const control = new SharedArrayBuffer(Ctl.Length * 4);
+    const ctl = new Int32Array(control);
+    const worker = new Worker(
+      new URL("./vcpu_worker.ts", import.meta.url).href,
+      {
+        type: "module",
+      },
+    );
+    holdSignal();
+    let resolveOutcome!: (o: VcpuOutcome) => void;
+    const outcome = new Promise<VcpuOutcome>((r) => resolveOutcome = r);
+    return new Promise((resolveReady, rejectReady) => {
+      const vcpu = new KvmVcpu(id, worker, ctl, {
+        handlers: options.init.handlers ?? {},
+        mmapSize: options.mmapSize,
+      });
+      vcpu.#done = outcome.then((o) => {
+        worker.terminate();
+        releaseSignal();
+        vcpu.#finished = true;
+        if (vcpu.#handlerError !== undefined) {
+          return { kind: "error", message: vcpu.#handlerError } as VcpuOutcome;
+        }
+        return o;
+      });
+      worker.onmessage = (e: MessageEvent<WorkerReply>) => {
+        const msg = e.data;
+        if (msg.type === "ready") {
+          vcpu.#attach(msg.tid, msg.runAddress);
+          resolveReady(vcpu);
+        } else {
+          resolveOutcome(msg.outcome);
+          // A vCPU that failed before it was ready still resolves `start`.
+          resolveReady(vcpu);
+        }
+      };
+      worker.onerror = (e) => {
+        e.preventDefault();
+        const message = `vCPU ${id} thread failed: ${e.message}`;
+        resolveOutcome({ kind: "error", message });
+        rejectReady(new Error(message));
+      };
+      const start: WorkerStart = {
+        vmFd,
+        id,
+        mmapSize: options.mmapSize,
+        control,
+        cpuid: options.init.cpuid === false ? undefined : options.cpuid,
+        regs: options.init.regs,
+        sregs: options.init.sregs,
+        sinkPorts: options.init.sinkPorts ?? [],
+      };
+      worker.postMessage(start);
+    });
+  }
+
+  #attach(tid: number, runAddress: bigint): void {
+    this.#tid = tid;
+    const ptr = Deno.UnsafePointer.create(runAddress)!;
+    const buf = Deno.UnsafePointerView.getArrayBuffer(ptr, this.#mmapSize);
+    this.#run = new DataView(buf);
+    this.#runBytes = new Uint8Array(buf);
+    void this.#serve();
+  }
+
+  /** Exits seen so far. */
+  exitCount(): number {
+    return Atomics.load(this.#ctl, Ctl.Exits);
+  }
+
+  async #serve(): Promise<void> {
+    const ctl = this.#ctl;
+    for (;;) {
+      const state = Atomics.load(ctl, Ctl.State);
+      if (state === CtlState.Done) return;
+      if (state !== CtlState.Exit) {
+        const w = Atomics.waitAsync(ctl, Ctl.State, state);
+        if (w.async) await w.value;
+        continue;
+      }
+      try {
+        this.#dispatch();
+      } catch (e) {
+        this.#handlerError ??= `Device handler failed on vCPU ${this.id}: ${
+          e instanceof Error ? e.message : String(e)
+        }`;
+        Atomics.store(ctl, Ctl.Stop, 1);
+      }
+      Atomics.store(ctl, Ctl.State, CtlState.Replied);
+      Atomics.notify(ctl, Ctl.State);
+    }
+  }
+
+  #dispatch(): void {
+    const run = this.#run!;
+    const bytes = this.#runBytes!;
+    const reason = run.getUint32(kvm_run.fields.exit_reason.offset, true);
+    if (reason === KVM_EXIT.IO) {
+      const direction =
+        run.getUint8(kvm_run.fields["io.direction"].offset) === KVM_EXIT_IO_IN
+          ? "in"
+          : "out";
+      const size = run.getUint8(kvm_run.fields["io.size"].offset);
+      const port = run.getUint16(kvm_run.fields["io.port"].offset, true);
+      const count = run.getUint32(kvm_run.fields["io.count"].offset, true);
+      const offset = Number(
+        run.getBigUint64(kvm_run.fields["io.data_offset"].offset, true),
+      );
+      // data_offset points inside the vCPU's mmap area; a hostile value must
+      // not make us read outside the part we mapped.
+      if (offset + size * count > bytes.byteLength || size > 4) {
+        throw new Error(
+          `port I/O exit data lies outside the vCPU's mapping (offset ${offset}, ${count} x ${size} bytes)`,
+        );
+      }
+      for (let i = 0; i < count; i++) {
+        const data = bytes.subarray(offset + i * size, offset + (i + 1) * size);
+        if (direction === "in") data.fill(0xff);
+        this.#handlers.io?.({ port, size, direction, data });
+      }
+    } else if (reason === KVM_EXIT.MMIO) {
+      const addr = run.getBigUint64(
+        kvm_run.fields["mmio.phys_addr"].offset,
+        true,
+      );
+      const len = Math.min(
+        8,
+        run.getUint32(kvm_run.fields["mmio.len"].offset, true),
+      );
+      const isWrite =
+        run.getUint8(kvm_run.fields["mmio.is_write"].offset) !== 0;
+      const at = kvm_run.fields["mmio.data"].offset;
+      const data = bytes.subarray(at, at + len);
+      if (!isWrite) data.fill(0);
+      this.#handlers.mmio?.({ addr, isWrite, data });
+    }
+  }
+
+  /** Stops the vCPU, even if the guest spins without exiting; resolves with the outcome. */
+  stop(): Promise<VcpuOutcome> {
+    if (!this.#finished) {
+      Atomics.store(this.#ctl, Ctl.Stop, 1);
+      this.#run?.setUint8(kvm_run.fields.immediate_exit.offset, 1);
+      if (this.#tid !== 0) {
+        try {
+          const c = libc();
+          c.tgkill(c.getpid(), this.#tid, SIGUSR1);
+        } catch {
+          // The thread has already ended; `done` resolves on its own.
+        }
+      }
+    }
+    return this.done;
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * Messages and the shared control block between a vCPU Worker and the thread
+ * that owns the VM.
+ *
+ * @module
+ */
+
+import type { VcpuOutcome, X86Regs, X86Sregs } from "../hv.ts";
+
+/** Slots of the shared `Int32Array` control block. */
+export const Ctl = {
+  /** A {@linkcode CtlState} value. */
+  State: 0,
+  /** Non-zero once the owner asked the vCPU to stop. */
+  Stop: 1,
+  /** Exits seen (wraps at 2^31). */
+  Exits: 2,
+  /** Number of slots. */
+  Length: 4,
+} as const;
+
+/** Values of the control block's `State` slot. */
+export const CtlState = {
+  /** The vCPU is in or about to enter `KVM_RUN`. */
+  Running: 0,
+  /** An exit waits in `kvm_run` for the owner. */
+  Exit: 1,
+  /** The owner has handled the exit. */
+  Replied: 2,
+  /** The run has ended. */
+  Done: 3,
+} as const;
+
+/** The one message the owner sends: create the vCPU and run it. */
+export interface WorkerStart {
+  /** The VM's fd (fds are shared by all threads of the process). */
+  vmFd: number;
+  /** vCPU index. */
+  id: number;
+  /** `KVM_GET_VCPU_MMAP_SIZE`. */
+  mmapSize: number;
+  /** The control block's buffer. */
+  control: SharedArrayBuffer;
+  /** `kvm_cpuid2` bytes to set, if any. */
+  cpuid?: Uint8Array;
+  /** Initial general registers. */
+  regs?: Partial<X86Regs>;
+  /** Initial special registers. */
+  sregs?: Partial<X86Sregs>;
+  /** Ports whose writes are dropped on the vCPU thread. */
+  sinkPorts: number[];
+}
+
+/** Messages from the worker. */
+export type WorkerReply =
+  | { type: "ready"; tid: number; runAddress: bigint }
+  | { type: "outcome"; outcome: VcpuOutcome };

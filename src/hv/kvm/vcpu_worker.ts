@@ -1,0 +1,203 @@
+/**
+ * The vCPU thread. KVM wants every vCPU ioctl from the thread that created
+ * the vCPU, so this Worker creates it, sets its registers and calls `KVM_RUN`
+ * synchronously in a loop (an asynchronous FFI call would hop threads and cost
+ * five times as much, see DESIGN.md).
+ *
+ * Exits that need a device are handed to the owning thread through a shared
+ * control block: the worker marks an exit pending and sleeps in `Atomics.wait`
+ * until the owner has read the exit from the shared `kvm_run` page and written
+ * any reply into it. Writes to sink ports never leave this thread.
+ *
+ * @module
+ */
+
+/// <reference lib="deno.worker" />
+
+import {
+  Errno,
+  libc,
+  MAP_SHARED,
+  PROT_READ,
+  PROT_WRITE,
+} from "../../../ffi/libc.ts";
+import {
+  KVM,
+  KVM_EXIT,
+  KVM_EXIT_IO_OUT,
+  kvm_regs,
+  kvm_run,
+  kvm_sregs,
+  KVM_SYSTEM_EVENT,
+} from "../../../ffi/kvm.ts";
+import type { VcpuOutcome, X86Regs, X86Sregs } from "../hv.ts";
+import { cpuidForVcpu, readRegs, writeRegs, writeSregs } from "./regs.ts";
+import {
+  Ctl,
+  CtlState,
+  type WorkerReply,
+  type WorkerStart,
+} from "./vcpu_protocol.ts";
+
+const c = libc();
+const sym = c.unsafeSymbols;
+
+function start(msg: WorkerStart): void {
+  const ctl = new Int32Array(msg.control);
+  let vcpuFd = -1;
+  let runPtr: Deno.PointerObject | null = null;
+  let outcome: VcpuOutcome;
+  try {
+    vcpuFd = c.ioctl(msg.vmFd, KVM.CREATE_VCPU, msg.id, "KVM_CREATE_VCPU");
+    runPtr = c.mmap(msg.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, vcpuFd);
+    if (msg.cpuid) {
+      const cpuid = cpuidForVcpu(msg.cpuid, msg.id);
+      c.ioctl(
+        vcpuFd,
+        KVM.SET_CPUID2,
+        Deno.UnsafePointer.of(cpuid),
+        "KVM_SET_CPUID2",
+      );
+    }
+    setRegisters(vcpuFd, msg.regs, msg.sregs);
+    post({
+      type: "ready",
+      tid: c.gettid(),
+      runAddress: Deno.UnsafePointer.value(runPtr),
+    });
+    outcome = runLoop(vcpuFd, runPtr, ctl, new Set(msg.sinkPorts));
+  } catch (e) {
+    outcome = {
+      kind: "error",
+      message: e instanceof Error ? e.message : String(e),
+    };
+  }
+  if (runPtr !== null) c.munmap(runPtr, msg.mmapSize);
+  if (vcpuFd >= 0) c.close(vcpuFd);
+  Atomics.store(ctl, Ctl.State, CtlState.Done);
+  Atomics.notify(ctl, Ctl.State);
+  post({ type: "outcome", outcome });
+}
+
+function setRegisters(
+  fd: number,
+  regs: Partial<X86Regs> | undefined,
+  sregs: Partial<X86Sregs> | undefined,
+): void {
+  if (sregs) {
+    const buf = new Uint8Array(kvm_sregs.size);
+    c.ioctl(fd, KVM.GET_SREGS, Deno.UnsafePointer.of(buf), "KVM_GET_SREGS");
+    writeSregs(new DataView(buf.buffer), sregs);
+    c.ioctl(fd, KVM.SET_SREGS, Deno.UnsafePointer.of(buf), "KVM_SET_SREGS");
+  }
+  if (regs) {
+    const buf = new Uint8Array(kvm_regs.size);
+    c.ioctl(fd, KVM.GET_REGS, Deno.UnsafePointer.of(buf), "KVM_GET_REGS");
+    writeRegs(new DataView(buf.buffer), { rflags: 2n, ...regs });
+    c.ioctl(fd, KVM.SET_REGS, Deno.UnsafePointer.of(buf), "KVM_SET_REGS");
+  }
+}
+
+function getRegs(fd: number): X86Regs {
+  const buf = new Uint8Array(kvm_regs.size);
+  c.ioctl(fd, KVM.GET_REGS, Deno.UnsafePointer.of(buf), "KVM_GET_REGS");
+  return readRegs(new DataView(buf.buffer));
+}
+
+const IO_DIRECTION = kvm_run.fields["io.direction"].offset;
+const IO_PORT = kvm_run.fields["io.port"].offset;
+const EXIT_REASON = kvm_run.fields.exit_reason.offset;
+
+function runLoop(
+  fd: number,
+  runPtr: Deno.PointerObject,
+  ctl: Int32Array,
+  sinkPorts: Set<number>,
+): VcpuOutcome {
+  const run = new DataView(
+    Deno.UnsafePointerView.getArrayBuffer(runPtr, kvm_run.size),
+  );
+  for (;;) {
+    if (Atomics.load(ctl, Ctl.Stop) !== 0) {
+      return { kind: "stopped", regs: getRegs(fd) };
+    }
+    const r = sym.ioctl(fd, KVM.RUN, null);
+    if (r < 0) {
+      const errno = c.errno();
+      if (errno === Errno.EINTR || errno === Errno.EAGAIN) {
+        run.setUint8(kvm_run.fields.immediate_exit.offset, 0);
+        continue;
+      }
+      return { kind: "error", message: c.lastError("ioctl KVM_RUN").message };
+    }
+    Atomics.add(ctl, Ctl.Exits, 1);
+    const reason = run.getUint32(EXIT_REASON, true);
+    switch (reason) {
+      case KVM_EXIT.IO:
+        if (
+          run.getUint8(IO_DIRECTION) === KVM_EXIT_IO_OUT &&
+          sinkPorts.has(run.getUint16(IO_PORT, true))
+        ) continue;
+        handOver(ctl);
+        continue;
+      case KVM_EXIT.MMIO:
+        handOver(ctl);
+        continue;
+      case KVM_EXIT.INTR:
+      case KVM_EXIT.IRQ_WINDOW_OPEN:
+        continue;
+      case KVM_EXIT.HLT:
+        return { kind: "hlt", regs: getRegs(fd) };
+      case KVM_EXIT.SHUTDOWN:
+        return { kind: "shutdown", regs: getRegs(fd) };
+      case KVM_EXIT.SYSTEM_EVENT: {
+        const type = run.getUint32(
+          kvm_run.fields["system_event.type"].offset,
+          true,
+        );
+        const event = type === KVM_SYSTEM_EVENT.SHUTDOWN
+          ? "shutdown"
+          : type === KVM_SYSTEM_EVENT.RESET
+          ? "reset"
+          : type === KVM_SYSTEM_EVENT.CRASH
+          ? "crash"
+          : "other";
+        return { kind: "system-event", event, type, regs: getRegs(fd) };
+      }
+      case KVM_EXIT.INTERNAL_ERROR:
+        return {
+          kind: "internal-error",
+          suberror: run.getUint32(
+            kvm_run.fields["internal.suberror"].offset,
+            true,
+          ),
+          regs: getRegs(fd),
+        };
+      case KVM_EXIT.FAIL_ENTRY:
+        return {
+          kind: "fail-entry",
+          reason: run.getBigUint64(
+            kvm_run.fields["fail_entry.hardware_entry_failure_reason"].offset,
+            true,
+          ),
+          regs: getRegs(fd),
+        };
+      default:
+        return { kind: "unsupported", exitReason: reason, regs: getRegs(fd) };
+    }
+  }
+}
+
+/** Lets the owning thread handle the exit in `kvm_run`, and waits for it. */
+function handOver(ctl: Int32Array): void {
+  Atomics.store(ctl, Ctl.State, CtlState.Exit);
+  Atomics.notify(ctl, Ctl.State);
+  Atomics.wait(ctl, Ctl.State, CtlState.Exit);
+  Atomics.store(ctl, Ctl.State, CtlState.Running);
+}
+
+function post(reply: WorkerReply): void {
+  self.postMessage(reply);
+}
+
+self.onmessage = (e: MessageEvent<WorkerStart>) => start(e.data);

@@ -1,0 +1,514 @@
+/**
+ * The KVM lab: a QEMU-emulated x86_64 machine (TCG, `-cpu max`, so AMD SVM is
+ * visible to its guest) whose Debian kernel loads `kvm-amd` and so offers a real
+ * `/dev/kvm` backed by nested SVM. Hosts whose own KVM cannot boot Linux (a
+ * `kvm_pvm` host, or no `/dev/kvm` at all) run the project's end-to-end tests
+ * here. See docs/testing.md.
+ *
+ * The lab boots from one initramfs made of two concatenated `newc` archives:
+ * a cached base (busybox, the KVM modules, deno, QEMU for the nested peer, and
+ * their shared libraries) and a small per-run overlay (the project tree, the
+ * command and its environment). Output streams live from the lab's serial
+ * console; the command's exit status comes back on a marker line; files the
+ * command leaves in the lab's `/out` come back as a base64 tar stream between
+ * two marker lines.
+ *
+ * @module
+ */
+
+import { dirname, join, resolve } from "node:path";
+import { createHash } from "node:crypto";
+import { ensureLabKernel, type LabKernel } from "./kernel.ts";
+
+/** Marker the lab's init prints before the command's exit status. */
+export const EXIT_MARKER = "@@initx-lab-exit@@";
+
+/** Modules, in load order, that give the lab a `/dev/kvm`. */
+const KVM_MODULES = [
+  "virt/lib/irqbypass.ko",
+  "arch/x86/kvm/kvm.ko",
+  "arch/x86/kvm/kvm-amd.ko",
+];
+
+/** Guest memory of the lab in MiB; nested guests take theirs from it. */
+const LAB_MEMORY_MIB = 4096;
+
+/** QEMU firmware that `-M microvm` needs, copied into the lab for the peer. */
+const QEMU_FIRMWARE = ["bios-microvm.bin", "linuxboot_dma.bin", "kvmvapic.bin"];
+
+/** Options of {@linkcode runInLab}. */
+export interface LabOptions {
+  /** Working directory inside the project tree; default: the project root. */
+  cwd?: string;
+  /** Seconds before the command is stopped; default 1800. */
+  timeoutSeconds?: number;
+  /** Extra environment for the command. `CI` and `INITX_*` pass through. */
+  env?: Record<string, string>;
+  /** Where the lab's output goes; default: this process's stdout. */
+  output?: (bytes: Uint8Array) => void;
+  /** If set, the lab's `/out` directory is unpacked here after the run. */
+  outDir?: string;
+  /** Progress messages (building the initramfs, booting); default: stderr. */
+  progress?: (line: string) => void;
+}
+
+/** What a lab run ended with. */
+export interface LabResult {
+  /** The command's exit status, or 124 on timeout, 125 if the lab failed. */
+  code: number;
+  /** Why the lab itself failed, when it did. */
+  error?: string;
+  /** Milliseconds from the call to the command's start inside the lab. */
+  startMs?: number;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** The project root: the folder holding deno.json above this file. */
+export const PROJECT_ROOT = resolve(
+  dirname(new URL(import.meta.url).pathname),
+  "../..",
+);
+
+/** Where the lab keeps its cached kernel and initramfs. */
+export function labCacheDir(): string {
+  return Deno.env.get("INITX_LAB_CACHE") ?? join(PROJECT_ROOT, ".cache", "lab");
+}
+
+function which(name: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    const p = join(dir, name);
+    try {
+      if (Deno.statSync(p).isFile) return p;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+async function run(cmd: string[], options: { cwd?: string } = {}) {
+  const out = await new Deno.Command(cmd[0]!, {
+    args: cmd.slice(1),
+    cwd: options.cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(
+      `Cannot run "${cmd.join(" ")}": exit ${out.code}: ${
+        decoder.decode(out.stderr).trim().slice(-2000)
+      }`,
+    );
+  }
+  return decoder.decode(out.stdout);
+}
+
+/** Debian packages the lab needs on the host, by the command they provide. */
+const HOST_PACKAGES: Record<string, string> = {
+  "qemu-system-x86_64": "qemu-system-x86",
+  "busybox": "busybox-static",
+  "cpio": "cpio",
+};
+
+/** Installs the lab's host packages with apt-get when they are missing. */
+export async function ensureHostPackages(
+  progress: (line: string) => void,
+): Promise<void> {
+  const missing = Object.entries(HOST_PACKAGES)
+    .filter(([cmd]) => which(cmd) === undefined)
+    .map(([, pkg]) => pkg);
+  if (!isStaticBusybox()) missing.push("busybox-static");
+  if (missing.length === 0) return;
+  if (which("apt-get") === undefined) {
+    throw new Error(
+      `Cannot prepare the KVM lab: missing ${
+        missing.join(", ")
+      } and apt-get is not available to install them`,
+    );
+  }
+  progress(`lab: installing ${missing.join(" ")} with apt-get`);
+  const env = { DEBIAN_FRONTEND: "noninteractive" };
+  const update = await new Deno.Command("apt-get", {
+    args: ["update", "-qq"],
+    env,
+    stdout: "null",
+    stderr: "inherit",
+  }).output();
+  if (!update.success) throw new Error("Cannot run apt-get update for the lab");
+  const install = await new Deno.Command("apt-get", {
+    args: ["install", "-y", "-qq", ...new Set(missing)],
+    env,
+    stdout: "null",
+    stderr: "inherit",
+  }).output();
+  if (!install.success) {
+    throw new Error(`Cannot install ${missing.join(", ")} with apt-get`);
+  }
+}
+
+function isStaticBusybox(): boolean {
+  const p = which("busybox");
+  if (p === undefined) return false;
+  // A static ELF has no PT_INTERP; Debian's busybox-static is the one we want.
+  const bytes = Deno.readFileSync(p);
+  return !decoder.decode(bytes.subarray(0, 4096)).includes("ld-linux");
+}
+
+async function sharedLibraries(binary: string): Promise<string[]> {
+  const text = await run(["ldd", binary]);
+  const libs: string[] = [];
+  for (const line of text.split("\n")) {
+    const m = line.match(/=>\s*(\/\S+)/) ?? line.match(/^\s*(\/\S+)/);
+    if (m?.[1]) libs.push(m[1]);
+  }
+  return libs;
+}
+
+async function copyInto(root: string, src: string, dest = src) {
+  const target = join(root, dest);
+  await Deno.mkdir(dirname(target), { recursive: true });
+  await Deno.copyFile(await Deno.realPath(src), target);
+  const mode = (await Deno.stat(src)).mode ?? 0o644;
+  await Deno.chmod(target, mode & 0o7777);
+}
+
+async function cpioOf(dir: string, out: string): Promise<void> {
+  // The kernel unpacks concatenated archives, so the base and the overlay are
+  // written separately and joined per run.
+  const child = new Deno.Command("sh", {
+    args: [
+      "-c",
+      `cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet > "$2"`,
+      "sh",
+      dir,
+      out,
+    ],
+    stdout: "inherit",
+    stderr: "inherit",
+  });
+  const status = await child.output();
+  if (!status.success) throw new Error(`Cannot write the lab initramfs ${out}`);
+}
+
+const LAB_INIT = `#!/bin/sh
+export PATH=/bin:/usr/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm /tmp /out && mount -t devpts devpts /dev/pts
+for m in /lab/modules/*.ko; do insmod "$m" || echo "lab: insmod $m failed"; done
+[ -c /dev/kvm ] || echo "lab: no /dev/kvm after loading kvm-amd"
+ip link set lo up 2>/dev/null
+. /lab/env.sh
+cd "$LAB_CWD"
+echo "${EXIT_MARKER}start"
+# Through a pipe, so that the command sees no terminal (no progress redraws).
+{ sh /lab/cmd.sh </dev/null; echo $? > /tmp/.lab-code; } 2>&1 | cat
+code=$(cat /tmp/.lab-code)
+if [ -n "$(ls -A /out 2>/dev/null)" ]; then
+  echo "${EXIT_MARKER}out-begin"
+  tar -C /out -c . | gzip | base64
+  echo "${EXIT_MARKER}out-end"
+fi
+echo "${EXIT_MARKER}$code"
+poweroff -f
+`;
+
+function decodeBase64(text: string): Uint8Array {
+  const bin = atob(text);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return bytes;
+}
+
+function hashOf(parts: string[]): string {
+  return createHash("sha256").update(parts.join("\n")).digest("hex").slice(
+    0,
+    16,
+  );
+}
+
+async function statKey(path: string): Promise<string> {
+  const s = await Deno.stat(path);
+  return `${path}:${s.size}:${s.mtime?.getTime()}`;
+}
+
+/** Builds (or reuses) the cached base initramfs and returns its path. */
+export async function ensureBaseInitramfs(
+  kernel: LabKernel,
+  progress: (line: string) => void,
+): Promise<string> {
+  const deno = Deno.execPath();
+  const qemu = which("qemu-system-x86_64")!;
+  const busybox = which("busybox")!;
+  const key = hashOf([
+    LAB_INIT,
+    kernel.version,
+    await statKey(deno),
+    await statKey(qemu),
+    await statKey(busybox),
+  ]);
+  const cache = labCacheDir();
+  const path = join(cache, `base-${key}.cpio`);
+  try {
+    await Deno.stat(path);
+    return path;
+  } catch {
+    // not built yet
+  }
+  progress("lab: building the base initramfs (once per input change)");
+  await Deno.mkdir(cache, { recursive: true });
+  const root = await Deno.makeTempDir({ dir: cache, prefix: "base-" });
+  try {
+    for (
+      const d of ["bin", "proc", "sys", "dev", "tmp", "out", "lab/modules"]
+    ) {
+      await Deno.mkdir(join(root, d), { recursive: true });
+    }
+    await copyInto(root, busybox, "bin/busybox");
+    const applets = (await run([busybox, "--list"])).split("\n").filter((a) =>
+      a && a !== "busybox"
+    );
+    for (const a of applets) {
+      await Deno.symlink("busybox", join(root, "bin", a));
+    }
+    await Deno.writeTextFile(join(root, "init"), LAB_INIT, { mode: 0o755 });
+    for (const m of KVM_MODULES) {
+      const src = join(kernel.modulesDir, "kernel", m);
+      await copyInto(
+        root,
+        src,
+        join(
+          "lab/modules",
+          String(KVM_MODULES.indexOf(m)) + "-" + m.split("/").pop(),
+        ),
+      );
+    }
+    for (const bin of [deno, qemu]) {
+      await copyInto(root, bin, join("usr/bin", bin.split("/").pop()!));
+      for (const lib of await sharedLibraries(bin)) {
+        await copyInto(root, lib);
+      }
+    }
+    for (const fw of QEMU_FIRMWARE) {
+      const src = join("/usr/share/qemu", fw);
+      try {
+        await copyInto(root, src);
+      } catch {
+        progress(`lab: QEMU firmware ${src} missing; the nested peer may fail`);
+      }
+    }
+    await copyInto(root, kernel.image, "lab/vmlinuz");
+    await cpioOf(root, `${path}.tmp`);
+    await Deno.rename(`${path}.tmp`, path);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+  return path;
+}
+
+const SKIP_DIRS = new Set([".git", ".cache", "node_modules"]);
+
+async function copyTree(src: string, dest: string): Promise<void> {
+  await Deno.mkdir(dest, { recursive: true });
+  for await (const e of Deno.readDir(src)) {
+    if (SKIP_DIRS.has(e.name)) continue;
+    const s = join(src, e.name);
+    const d = join(dest, e.name);
+    if (e.isDirectory) await copyTree(s, d);
+    else if (e.isFile) await Deno.copyFile(s, d);
+    else if (e.isSymlink) await Deno.symlink(await Deno.readLink(s), d);
+  }
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** Environment variables that pass from the host into the lab's command. */
+function passedEnv(extra: Record<string, string>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(Deno.env.toObject())) {
+    if (k === "CI" || k.startsWith("INITX_") || k === "NO_COLOR") env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+/**
+ * Runs `cmd` inside the KVM lab and streams its output; resolves with its
+ * exit status. Never leaves a QEMU process behind.
+ */
+export async function runInLab(
+  cmd: string[],
+  options: LabOptions = {},
+): Promise<LabResult> {
+  const t0 = performance.now();
+  const progress = options.progress ??
+    ((line: string) => console.error(line));
+  const output = options.output ??
+    ((bytes: Uint8Array) => Deno.stdout.writeSync(bytes));
+  const timeoutSeconds = options.timeoutSeconds ?? 1800;
+  await ensureHostPackages(progress);
+  const kernel = await ensureLabKernel(progress);
+  const base = await ensureBaseInitramfs(kernel, progress);
+
+  const cache = labCacheDir();
+  const work = await Deno.makeTempDir({ dir: cache, prefix: "run-" });
+  let child: Deno.ChildProcess | undefined;
+  let timer: number | undefined;
+  try {
+    const overlay = join(work, "overlay");
+    const cwd = resolve(options.cwd ?? PROJECT_ROOT);
+    await copyTree(PROJECT_ROOT, join(overlay, PROJECT_ROOT));
+    const env = passedEnv({
+      ...options.env,
+      HOME: "/tmp",
+      DENO_DIR: "/tmp/deno",
+      DENO_NO_UPDATE_CHECK: "1",
+      INITX_IN_LAB: "1",
+      INITX_LAB_KERNEL: "/lab/vmlinuz",
+      INITX_LAB_MODULES: kernel.modulesDir,
+      LAB_CWD: cwd,
+    });
+    await Deno.mkdir(join(overlay, "lab"), { recursive: true });
+    await Deno.writeTextFile(
+      join(overlay, "lab/env.sh"),
+      Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}\n`)
+        .join("") + `date -s @${Math.floor(Date.now() / 1000)} >/dev/null\n`,
+    );
+    await Deno.writeTextFile(
+      join(overlay, "lab/cmd.sh"),
+      `exec ${cmd.map(shellQuote).join(" ")}\n`,
+    );
+    const overlayCpio = join(work, "overlay.cpio");
+    await cpioOf(overlay, overlayCpio);
+    const initrd = join(work, "initrd.cpio");
+    await run([
+      "sh",
+      "-c",
+      `cat "$1" "$2" > "$3"`,
+      "sh",
+      base,
+      overlayCpio,
+      initrd,
+    ]);
+
+    child = new Deno.Command("qemu-system-x86_64", {
+      args: [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        String(LAB_MEMORY_MIB),
+        "-smp",
+        "2",
+        "-M",
+        "microvm",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        kernel.image,
+        "-initrd",
+        initrd,
+        "-append",
+        "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2300000 quiet loglevel=1",
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const proc = child;
+    let timedOut = false;
+    timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        proc.kill("SIGKILL");
+      } catch {
+        // already gone
+      }
+    }, timeoutSeconds * 1000);
+
+    let code: number | undefined;
+    let startMs: number | undefined;
+    let pending = "";
+    let outBase64: string[] | undefined;
+    let outFiles: string | undefined;
+    const tail: string[] = [];
+    const handleLine = (line: string) => {
+      const clean = line.replace(/\r$/, "");
+      if (code !== undefined) return; // the lab's own shutdown messages
+      if (clean.startsWith(EXIT_MARKER)) {
+        const rest = clean.slice(EXIT_MARKER.length);
+        if (rest === "start") startMs = performance.now() - t0;
+        else if (rest === "out-begin") outBase64 = [];
+        else if (rest === "out-end") outFiles = outBase64?.join("");
+        else code = Number(rest);
+        return;
+      }
+      if (outBase64 && outFiles === undefined) {
+        outBase64.push(clean);
+        return;
+      }
+      tail.push(clean);
+      if (tail.length > 30) tail.shift();
+      output(encoder.encode(clean + "\n"));
+    };
+    const stderrText = new Response(proc.stderr).text();
+    for await (const chunk of proc.stdout) {
+      pending += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = pending.indexOf("\n")) >= 0) {
+        handleLine(pending.slice(0, nl));
+        pending = pending.slice(nl + 1);
+      }
+    }
+    if (pending) handleLine(pending);
+    const status = await proc.status;
+    child = undefined;
+    const qemuErr = (await stderrText).trim();
+    if (timedOut) {
+      return {
+        code: 124,
+        error: `Lab command timed out after ${timeoutSeconds} s: ${
+          cmd.join(" ")
+        }`,
+        startMs,
+      };
+    }
+    if (code === undefined) {
+      return {
+        code: 125,
+        error:
+          `The KVM lab ended before the command finished (QEMU exit ${status.code})${
+            qemuErr ? `: ${qemuErr}` : ""
+          }; last lines:\n${tail.join("\n")}`,
+        startMs,
+      };
+    }
+    if (options.outDir && outFiles) {
+      await Deno.mkdir(options.outDir, { recursive: true });
+      const tgz = join(work, "out.tar.gz");
+      await Deno.writeFile(tgz, decodeBase64(outFiles));
+      await run(["tar", "-xzf", tgz, "-C", options.outDir]);
+    }
+    return { code, startMs };
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+    if (child) {
+      try {
+        child.kill("SIGKILL");
+        await child.status;
+      } catch {
+        // already gone
+      }
+    }
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+}
