@@ -141,8 +141,8 @@ export const MADV_DONTNEED = 4;
 export const EFD_CLOEXEC = 0o2000000;
 /** `eventfd` flag: non-blocking reads. */
 export const EFD_NONBLOCK = 0o4000;
-/** Signal number of SIGUSR1 on x86_64 and arm64 Linux. */
-export const SIGUSR1 = 10;
+/** Signal number of SIGUSR2 on x86_64 and arm64 Linux (SIGUSR1 would wake Deno's inspector). */
+export const SIGUSR2 = 12;
 
 /**
  * One isolate's handle on the C library. Methods throw {@linkcode OsError}

@@ -36,6 +36,8 @@ export interface Segment {
   g: number;
   /** Available-for-software bit. */
   avl: number;
+  /** KVM's "unusable" flag: a null or absent segment (default 0). */
+  unusable?: number;
 }
 
 /** General-purpose registers of an x86_64 vCPU. */
@@ -78,6 +80,8 @@ export interface X86Sregs {
   ss: Segment;
   /** Task register. */
   tr?: Segment;
+  /** Local descriptor table register. */
+  ldt?: Segment;
   /** GDTR. */
   gdt: { base: bigint; limit: number };
   /** IDTR. */

@@ -105,6 +105,7 @@ const SYSCALLS: Readonly<Record<string, readonly [number, number | null]>> = {
   futex: [202, 98],
   getdents64: [217, 61],
   set_tid_address: [218, 96],
+  clock_settime: [227, 112],
   clock_gettime: [228, 113],
   exit_group: [231, 94],
   epoll_ctl: [233, 21],

@@ -19,6 +19,7 @@
 import { dirname, join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { ensureLabKernel, type LabKernel } from "./kernel.ts";
+import { ensurePackages, which } from "../_packages.ts";
 
 /** Marker the lab's init prints before the command's exit status. */
 export const EXIT_MARKER = "@@initx-lab-exit@@";
@@ -48,6 +49,8 @@ export interface LabOptions {
   output?: (bytes: Uint8Array) => void;
   /** If set, the lab's `/out` directory is unpacked here after the run. */
   outDir?: string;
+  /** Extra host files to put into the lab, by their path inside it. */
+  files?: Record<string, string>;
   /** Progress messages (building the initramfs, booting); default: stderr. */
   progress?: (line: string) => void;
 }
@@ -76,18 +79,6 @@ export function labCacheDir(): string {
   return Deno.env.get("INITX_LAB_CACHE") ?? join(PROJECT_ROOT, ".cache", "lab");
 }
 
-function which(name: string): string | undefined {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    const p = join(dir, name);
-    try {
-      if (Deno.statSync(p).isFile) return p;
-    } catch {
-      // not in this directory
-    }
-  }
-  return undefined;
-}
-
 async function run(cmd: string[], options: { cwd?: string } = {}) {
   const out = await new Deno.Command(cmd[0]!, {
     args: cmd.slice(1),
@@ -106,55 +97,11 @@ async function run(cmd: string[], options: { cwd?: string } = {}) {
 }
 
 /** Debian packages the lab needs on the host, by the command they provide. */
-const HOST_PACKAGES: Record<string, string> = {
+const LAB_TOOLS: Record<string, string> = {
   "qemu-system-x86_64": "qemu-system-x86",
   "busybox": "busybox-static",
   "cpio": "cpio",
 };
-
-/** Installs the lab's host packages with apt-get when they are missing. */
-export async function ensureHostPackages(
-  progress: (line: string) => void,
-): Promise<void> {
-  const missing = Object.entries(HOST_PACKAGES)
-    .filter(([cmd]) => which(cmd) === undefined)
-    .map(([, pkg]) => pkg);
-  if (!isStaticBusybox()) missing.push("busybox-static");
-  if (missing.length === 0) return;
-  if (which("apt-get") === undefined) {
-    throw new Error(
-      `Cannot prepare the KVM lab: missing ${
-        missing.join(", ")
-      } and apt-get is not available to install them`,
-    );
-  }
-  progress(`lab: installing ${missing.join(" ")} with apt-get`);
-  const env = { DEBIAN_FRONTEND: "noninteractive" };
-  const update = await new Deno.Command("apt-get", {
-    args: ["update", "-qq"],
-    env,
-    stdout: "null",
-    stderr: "inherit",
-  }).output();
-  if (!update.success) throw new Error("Cannot run apt-get update for the lab");
-  const install = await new Deno.Command("apt-get", {
-    args: ["install", "-y", "-qq", ...new Set(missing)],
-    env,
-    stdout: "null",
-    stderr: "inherit",
-  }).output();
-  if (!install.success) {
-    throw new Error(`Cannot install ${missing.join(", ")} with apt-get`);
-  }
-}
-
-function isStaticBusybox(): boolean {
-  const p = which("busybox");
-  if (p === undefined) return false;
-  // A static ELF has no PT_INTERP; Debian's busybox-static is the one we want.
-  const bytes = Deno.readFileSync(p);
-  return !decoder.decode(bytes.subarray(0, 4096)).includes("ld-linux");
-}
 
 async function sharedLibraries(binary: string): Promise<string[]> {
   const text = await run(["ldd", binary]);
@@ -350,18 +297,21 @@ export async function runInLab(
   const output = options.output ??
     ((bytes: Uint8Array) => Deno.stdout.writeSync(bytes));
   const timeoutSeconds = options.timeoutSeconds ?? 1800;
-  await ensureHostPackages(progress);
+  await ensurePackages(LAB_TOOLS, progress);
   const kernel = await ensureLabKernel(progress);
   const base = await ensureBaseInitramfs(kernel, progress);
 
   const cache = labCacheDir();
   const work = await Deno.makeTempDir({ dir: cache, prefix: "run-" });
   let child: Deno.ChildProcess | undefined;
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     const overlay = join(work, "overlay");
     const cwd = resolve(options.cwd ?? PROJECT_ROOT);
     await copyTree(PROJECT_ROOT, join(overlay, PROJECT_ROOT));
+    for (const [labPath, hostPath] of Object.entries(options.files ?? {})) {
+      await copyInto(overlay, hostPath, labPath);
+    }
     const env = passedEnv({
       ...options.env,
       HOME: "/tmp",

@@ -1,13 +1,13 @@
 /**
  * The owner's side of a vCPU: starts its Worker, serves its device exits from
  * the shared `kvm_run` page, and stops it on request (sets `immediate_exit`
- * and the stop flag, then interrupts `KVM_RUN` with SIGUSR1 sent to the
+ * and the stop flag, then interrupts `KVM_RUN` with SIGUSR2 sent to the
  * Worker's thread).
  *
  * @module
  */
 
-import { libc, SIGUSR1 } from "../../../ffi/libc.ts";
+import { libc, SIGUSR2 } from "../../../ffi/libc.ts";
 import { KVM_EXIT, KVM_EXIT_IO_IN, kvm_run } from "../../../ffi/kvm.ts";
 import type { ExitHandlers, HvVcpu, VcpuInit, VcpuOutcome } from "../hv.ts";
 import {
@@ -20,13 +20,13 @@ import {
 let signalUsers = 0;
 const ignoreSignal = () => {};
 
-/** Installs a SIGUSR1 listener so that the kick does not kill the process. */
+/** Installs a SIGUSR2 listener so that the kick does not kill the process. */
 function holdSignal(): void {
-  if (signalUsers++ === 0) Deno.addSignalListener("SIGUSR1", ignoreSignal);
+  if (signalUsers++ === 0) Deno.addSignalListener("SIGUSR2", ignoreSignal);
 }
 
 function releaseSignal(): void {
-  if (--signalUsers === 0) Deno.removeSignalListener("SIGUSR1", ignoreSignal);
+  if (--signalUsers === 0) Deno.removeSignalListener("SIGUSR2", ignoreSignal);
 }
 
 /** A vCPU running in its own Worker. Made by `KvmVm.startVcpu`. */
@@ -214,7 +214,7 @@ export class KvmVcpu implements HvVcpu {
       if (this.#tid !== 0) {
         try {
           const c = libc();
-          c.tgkill(c.getpid(), this.#tid, SIGUSR1);
+          c.tgkill(c.getpid(), this.#tid, SIGUSR2);
         } catch {
           // The thread has already ended; `done` resolves on its own.
         }

@@ -1,0 +1,559 @@
+/**
+ * Booting a Linux kernel on x86_64: the boot plan of `boot/linux_x86.ts`,
+ * the ACPI tables of `boot/acpi.ts`, a 16550 UART on COM1 and the platform
+ * registers, put together on a hypervisor VM. The run ends in one typed
+ * {@linkcode LinuxVmOutcome}: power-off, reboot, panic, triple fault,
+ * timeout, or an error.
+ *
+ * vCPU 0 starts in long mode at the kernel's 64-bit entry; the others wait in
+ * the in-kernel LAPIC for the INIT/SIPI the kernel sends them. Port I/O exits
+ * reach the devices on this thread.
+ *
+ * @module
+ */
+
+import { buildAcpiTables } from "../boot/acpi.ts";
+import {
+  guestRamRegions,
+  MIB,
+  SERIAL_COM1_IRQ,
+  SERIAL_COM1_PORT,
+  virtioMmioWindow,
+} from "../boot/layout.ts";
+import {
+  buildX86Boot,
+  parseX86SetupHeader,
+  type X86Segment,
+} from "../boot/linux_x86.ts";
+import { Platform, POST_CODE_PORT } from "../devices/platform.ts";
+import { Serial } from "../devices/serial.ts";
+import type {
+  HvVcpu,
+  HvVm,
+  Hypervisor,
+  IoAccess,
+  Segment,
+  VcpuOutcome,
+  X86Sregs,
+} from "../hv/hv.ts";
+
+/**
+ * Default kernel command line: serial console, reboot through the i8042
+ * (no firmware), reboot at once on panic, and fewer things probed at boot
+ * (no PCI, one UART, no PS/2 devices, no crypto self-tests, no timer IRQ
+ * check).
+ */
+export const DEFAULT_CMDLINE =
+  "console=ttyS0 reboot=k panic=-1 quiet pci=off no_timer_check " +
+  "8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests";
+/** Default guest RAM in MiB. */
+export const DEFAULT_MEMORY_MIB = 512;
+/** How long a panicking kernel may take to reboot before the VM is stopped. */
+export const PANIC_GRACE_MS = 2000;
+/** Console text kept for the result, in characters. */
+export const CONSOLE_TAIL_CHARS = 16384;
+/** Console text kept with a panic outcome, in characters. */
+const PANIC_TAIL_CHARS = 4096;
+/** Console output is passed on at each newline or after this delay. */
+const CONSOLE_FLUSH_MS = 5;
+/** Printed by Linux when it panics. */
+const PANIC_MARKER = "Kernel panic - not syncing";
+/** Printed by the bzImage decompressor when it gives up (then it halts). */
+const DECOMPRESSOR_HALT_MARKER = "-- System halted";
+/** x86 boot protocol: syssize (u32), protected-mode size in 16-byte units. */
+const HDR_SYSSIZE = 0x1f4;
+
+/** Options of {@linkcode LinuxVm.start} and {@linkcode bootLinux}. */
+export interface LinuxVmOptions {
+  /** A bzImage, as bytes or a path. */
+  kernel: Uint8Array | string;
+  /** An initramfs (`newc` cpio, optionally compressed), as bytes or a path. */
+  initrd?: Uint8Array | string;
+  /** Kernel command line (default {@linkcode DEFAULT_CMDLINE}). */
+  cmdline?: string;
+  /** Number of vCPUs, 1..255 (default 1). */
+  cpus?: number;
+  /** Guest RAM in MiB (default {@linkcode DEFAULT_MEMORY_MIB}). */
+  memoryMiB?: number;
+  /** Stop the VM after this many milliseconds (default: never). */
+  timeoutMs?: number;
+  /** Receives the serial console's output, in chunks of whole lines or less. */
+  onConsole?: (bytes: Uint8Array) => void;
+  /**
+   * virtio-mmio windows to describe in the DSDT (`LNRO0005` devices), default
+   * 0. No device answers there yet: reads return zeros, so drivers skip them.
+   */
+  virtioMmioWindows?: number;
+  /**
+   * Hypervisor to create the VM on. Default: `Kvm.open()`, closed again by
+   * {@linkcode LinuxVm.close}; a hypervisor given here stays open.
+   */
+  hypervisor?: Hypervisor;
+}
+
+/** How a Linux VM's run ended. A closed union: switch on `kind`. */
+export type LinuxVmOutcome =
+  /** The guest powered off (ACPI S5). */
+  | { kind: "power-off" }
+  /** The guest asked for a reboot; initx ends the VM instead. */
+  | { kind: "reboot" }
+  /** The kernel panicked; `tail` is the end of the console. */
+  | { kind: "panic"; tail: string }
+  /** A vCPU triple-faulted. */
+  | { kind: "triple-fault" }
+  /** `timeoutMs` passed. */
+  | { kind: "timeout" }
+  /** The host called {@linkcode LinuxVm.stop}. */
+  | { kind: "stopped" }
+  /** KVM or a device could not go on; `message` says why. */
+  | { kind: "error"; message: string };
+
+/** The result of a run. */
+export interface LinuxVmResult {
+  /** How it ended. */
+  outcome: LinuxVmOutcome;
+  /** The last {@linkcode CONSOLE_TAIL_CHARS} characters of the console. */
+  console: string;
+  /** Milliseconds from the start of vCPU 0 to the end of the run. */
+  elapsedMs: number;
+}
+
+/**
+ * A Linux guest running on its own VM.
+ *
+ * @example
+ * ```ts ignore
+ * import { LinuxVm } from "./linux_vm.ts";
+ * const vm = await LinuxVm.start({
+ *   kernel: "/boot/vmlinuz",
+ *   initrd: "initrd.cpio",
+ *   onConsole: (b) => Deno.stdout.writeSync(b),
+ * });
+ * try {
+ *   const { outcome } = await vm.done;
+ *   console.log(outcome.kind); // "power-off"
+ * } finally {
+ *   await vm.close();
+ * }
+ * ```
+ */
+export class LinuxVm {
+  #vm: HvVm;
+  #ownedHypervisor: Hypervisor | undefined;
+  #vcpus: HvVcpu[] = [];
+  #console: ConsoleLog;
+  #serial: Serial;
+  #platform: Platform;
+  #startedAt = 0;
+  #ending: Promise<void> | undefined;
+  #closed = false;
+  #panicked = false;
+  #timers: ReturnType<typeof setTimeout>[] = [];
+  #resolve!: (r: LinuxVmResult) => void;
+  /** Resolves when the run ends; it never rejects. */
+  readonly done: Promise<LinuxVmResult>;
+
+  private constructor(
+    vm: HvVm,
+    options: {
+      ownedHypervisor?: Hypervisor;
+      onConsole?: LinuxVmOptions["onConsole"];
+    },
+  ) {
+    this.#vm = vm;
+    this.#ownedHypervisor = options.ownedHypervisor;
+    this.done = new Promise((r) => this.#resolve = r);
+    this.#console = new ConsoleLog({
+      onConsole: options.onConsole,
+      onText: (recent) => this.#watch(recent),
+    });
+    this.#serial = new Serial({
+      trigger: () => this.#pulseIrq(SERIAL_COM1_IRQ),
+      out: (bytes) => this.#console.push(bytes),
+    });
+    this.#platform = new Platform({
+      powerOff: () => this.#end({ kind: "power-off" }),
+      reset: () => this.#end({ kind: "reboot" }),
+    });
+  }
+
+  /**
+   * Loads the kernel (and initrd), creates the VM and starts its vCPUs.
+   * Throws `Cannot load kernel: ...` for an image that is not a complete
+   * 64-bit bzImage and `Cannot read ...` for a file that cannot be read;
+   * these checks run before any hypervisor is opened.
+   */
+  static async start(options: LinuxVmOptions): Promise<LinuxVm> {
+    const kernel = await readInput("kernel", options.kernel);
+    checkKernelImage(kernel);
+    const initrd = options.initrd === undefined
+      ? undefined
+      : await readInput("initrd", options.initrd);
+    const cpus = options.cpus ?? 1;
+    const memoryMiB = options.memoryMiB ?? DEFAULT_MEMORY_MIB;
+    if (!Number.isInteger(memoryMiB) || memoryMiB < 16) {
+      throw new RangeError(
+        `Cannot boot Linux: memory of ${memoryMiB} MiB is not an integer of at least 16`,
+      );
+    }
+    const memoryBytes = BigInt(memoryMiB) * MIB;
+    const windows = Array.from(
+      { length: options.virtioMmioWindows ?? 0 },
+      (_, i) => virtioMmioWindow(i),
+    );
+    const plan = buildX86Boot(kernel, {
+      memoryBytes,
+      cmdline: options.cmdline ?? DEFAULT_CMDLINE,
+      initrd,
+      cpus,
+      acpiTables: buildAcpiTables({ cpus, virtioMmio: windows }),
+    });
+
+    let hypervisor = options.hypervisor;
+    let owned: Hypervisor | undefined;
+    if (hypervisor === undefined) {
+      const { Kvm } = await import("../hv/kvm/system.ts");
+      hypervisor = owned = Kvm.open();
+    }
+    let vm: HvVm;
+    try {
+      vm = hypervisor.createVm({ irqchip: true });
+    } catch (e) {
+      owned?.close();
+      throw e;
+    }
+    const linux = new LinuxVm(vm, {
+      ownedHypervisor: owned,
+      onConsole: options.onConsole,
+    });
+    try {
+      for (const r of guestRamRegions(memoryBytes)) {
+        vm.addMemory(r.start, r.size);
+      }
+      for (const w of plan.writes) vm.memory.writeExact(w.addr, w.bytes);
+      const handlers = { io: (a: IoAccess) => linux.#io(a) };
+      const sinkPorts = [POST_CODE_PORT];
+      // The other vCPUs first: they wait for the SIPI that vCPU 0 sends.
+      for (let id = cpus - 1; id >= 0; id--) {
+        if (id === 0) linux.#startedAt = performance.now();
+        const vcpu = await vm.startVcpu(
+          id,
+          id === 0
+            ? {
+              regs: plan.cpu.regs,
+              sregs: toHvSregs(plan.cpu.sregs),
+              handlers,
+              sinkPorts,
+            }
+            : { handlers, sinkPorts },
+        );
+        linux.#vcpus.push(vcpu);
+        vcpu.done.then((o) => linux.#vcpuEnded(id, o));
+      }
+    } catch (e) {
+      await linux.close();
+      throw e;
+    }
+    if (options.timeoutMs !== undefined) {
+      linux.#timers.push(
+        setTimeout(() => linux.#end({ kind: "timeout" }), options.timeoutMs),
+      );
+    }
+    return linux;
+  }
+
+  /** The console's last {@linkcode CONSOLE_TAIL_CHARS} characters so far. */
+  consoleText(): string {
+    return this.#console.text();
+  }
+
+  /** Ends the run (outcome `stopped` unless it already ended). */
+  stop(): Promise<LinuxVmResult> {
+    this.#end({ kind: "stopped" });
+    return this.done;
+  }
+
+  /** Stops the run if needed and frees the VM, its threads and fds. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#end({ kind: "stopped" });
+    await this.#ending;
+    await this.#vm.close();
+    this.#ownedHypervisor?.close();
+  }
+
+  #io(a: IoAccess): void {
+    const value = a.data[0] ?? 0;
+    if (a.port >= SERIAL_COM1_PORT && a.port < SERIAL_COM1_PORT + 8) {
+      const offset = a.port - SERIAL_COM1_PORT;
+      if (a.direction === "in") a.data[0] = this.#serial.read(offset);
+      else this.#serial.write(offset, value);
+    } else if (this.#platform.handles(a.port)) {
+      if (a.direction === "in") a.data.fill(this.#platform.read(a.port));
+      else this.#platform.write(a.port, value);
+    }
+    // Anything else: reads stay all ones, writes are dropped.
+  }
+
+  #pulseIrq(gsi: number): void {
+    if (this.#ending) return;
+    this.#vm.setIrqLine(gsi, 1);
+    this.#vm.setIrqLine(gsi, 0);
+  }
+
+  #watch(recent: string): void {
+    if (!this.#panicked && recent.includes(PANIC_MARKER)) {
+      this.#panicked = true;
+      this.#timers.push(
+        setTimeout(() => this.#end({ kind: "reboot" }), PANIC_GRACE_MS),
+      );
+    }
+    if (recent.includes(DECOMPRESSOR_HALT_MARKER)) {
+      this.#end({
+        kind: "error",
+        message:
+          "Cannot boot Linux: the kernel's decompressor stopped (see the console)",
+      });
+    }
+  }
+
+  #vcpuEnded(id: number, o: VcpuOutcome): void {
+    switch (o.kind) {
+      case "stopped":
+        // Only the host stops vCPUs, and it ends the run when it does.
+        return;
+      case "system-event":
+        if (o.event === "shutdown") return this.#end({ kind: "power-off" });
+        if (o.event === "reset") return this.#end({ kind: "reboot" });
+        if (o.event === "crash") {
+          this.#panicked = true;
+          return this.#end({ kind: "reboot" });
+        }
+        return this.#end({
+          kind: "error",
+          message: `vCPU ${id} reported system event type ${o.type}`,
+        });
+      case "shutdown":
+        return this.#end({ kind: "triple-fault" });
+      case "hlt":
+        return this.#end({
+          kind: "error",
+          message: `vCPU ${id} halted at rip 0x${
+            o.regs.rip.toString(16)
+          } with no interrupt controller to wake it`,
+        });
+      case "internal-error":
+        return this.#end({
+          kind: "error",
+          message:
+            `KVM internal error (suberror ${o.suberror}) on vCPU ${id} at rip 0x${
+              o.regs.rip.toString(16)
+            }`,
+        });
+      case "fail-entry":
+        return this.#end({
+          kind: "error",
+          message: `vCPU ${id} could not enter the guest (hardware reason 0x${
+            o.reason.toString(16)
+          })`,
+        });
+      case "unsupported":
+        return this.#end({
+          kind: "error",
+          message:
+            `vCPU ${id} stopped on unhandled KVM exit reason ${o.exitReason} at rip 0x${
+              o.regs.rip.toString(16)
+            }`,
+        });
+      case "error":
+        return this.#end({ kind: "error", message: o.message });
+      default: {
+        const never: never = o;
+        throw new Error(`Unknown vCPU outcome ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  /** Ends the run once: the first outcome wins. */
+  #end(outcome: LinuxVmOutcome): void {
+    if (this.#ending) return;
+    // Text that arrived with the exit that ends the run may hold the panic.
+    this.#console.flush();
+    const elapsedMs = performance.now() - this.#startedAt;
+    this.#ending = (async () => {
+      for (const t of this.#timers) clearTimeout(t);
+      await Promise.all(this.#vcpus.map((v) => v.stop()));
+      this.#console.flush();
+      const text = this.#console.text();
+      const ended = this.#panicked &&
+          (outcome.kind === "reboot" || outcome.kind === "triple-fault")
+        ? { kind: "panic" as const, tail: text.slice(-PANIC_TAIL_CHARS) }
+        : outcome;
+      this.#resolve({ outcome: ended, console: text, elapsedMs });
+    })();
+  }
+}
+
+/**
+ * Boots a kernel and waits for the run to end, then frees the VM.
+ * Input errors (a file that cannot be read, an image that is not a complete
+ * bzImage, bad sizes) reject; everything after the start resolves.
+ *
+ * @example
+ * ```ts ignore
+ * import { bootLinux } from "./linux_vm.ts";
+ * const { outcome, elapsedMs } = await bootLinux({
+ *   kernel: "/boot/vmlinuz",
+ *   initrd: "initrd.cpio",
+ *   cpus: 2,
+ *   timeoutMs: 60_000,
+ * });
+ * console.log(outcome.kind, elapsedMs);
+ * ```
+ */
+export async function bootLinux(
+  options: LinuxVmOptions,
+): Promise<LinuxVmResult> {
+  const vm = await LinuxVm.start(options);
+  try {
+    return await vm.done;
+  } finally {
+    await vm.close();
+  }
+}
+
+/**
+ * Checks that `kernel` is a whole 64-bit bzImage: a valid setup header (see
+ * `parseX86SetupHeader`) and as many protected-mode bytes as the header's
+ * `syssize` announces, so that a truncated download fails here and not in
+ * the guest's decompressor.
+ *
+ * @example
+ * ```ts
+ * import { checkKernelImage } from "./linux_vm.ts";
+ * try {
+ *   checkKernelImage(new Uint8Array(4096));
+ * } catch (e) {
+ *   console.assert((e as Error).message.startsWith("Cannot load kernel"));
+ * }
+ * ```
+ */
+export function checkKernelImage(kernel: Uint8Array): void {
+  const header = parseX86SetupHeader(kernel);
+  const view = new DataView(kernel.buffer, kernel.byteOffset, kernel.length);
+  const expected = header.kernelOffset +
+    view.getUint32(HDR_SYSSIZE, true) * 16;
+  if (kernel.length < expected) {
+    throw new Error(
+      `Cannot load kernel: file of ${kernel.length} bytes is truncated (its header announces ${expected} bytes)`,
+    );
+  }
+}
+
+async function readInput(
+  what: "kernel" | "initrd",
+  input: Uint8Array | string,
+): Promise<Uint8Array> {
+  if (typeof input !== "string") return input;
+  try {
+    return await Deno.readFile(input);
+  } catch (e) {
+    throw new Error(
+      `Cannot read ${what} '${input}': ${(e as Error).message}`,
+      { cause: e },
+    );
+  }
+}
+
+function toHvSegment(s: X86Segment): Segment {
+  const bit = (b: boolean) => (b ? 1 : 0);
+  return {
+    base: s.base,
+    limit: s.limit,
+    selector: s.selector,
+    type: s.type,
+    present: bit(s.present),
+    dpl: s.dpl,
+    db: bit(s.db),
+    s: bit(s.s),
+    l: bit(s.l),
+    g: bit(s.g),
+    avl: bit(s.avl),
+    unusable: bit(s.unusable),
+  };
+}
+
+function toHvSregs(
+  s: ReturnType<typeof buildX86Boot>["cpu"]["sregs"],
+): Partial<X86Sregs> {
+  return {
+    cs: toHvSegment(s.cs),
+    ds: toHvSegment(s.ds),
+    es: toHvSegment(s.es),
+    fs: toHvSegment(s.fs),
+    gs: toHvSegment(s.gs),
+    ss: toHvSegment(s.ss),
+    tr: toHvSegment(s.tr),
+    ldt: toHvSegment(s.ldt),
+    gdt: s.gdt,
+    idt: s.idt,
+    cr0: s.cr0,
+    cr3: s.cr3,
+    cr4: s.cr4,
+    efer: s.efer,
+  };
+}
+
+/**
+ * The serial console's output: batched for `onConsole` (each line, or what
+ * has come after {@linkcode CONSOLE_FLUSH_MS}), decoded, and kept as a tail.
+ */
+class ConsoleLog {
+  #pending: number[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #decoder = new TextDecoder();
+  #tail = "";
+  #onConsole: ((bytes: Uint8Array) => void) | undefined;
+  #onText: (recent: string) => void;
+
+  constructor(
+    options: {
+      onConsole?: (bytes: Uint8Array) => void;
+      onText: (recent: string) => void;
+    },
+  ) {
+    this.#onConsole = options.onConsole;
+    this.#onText = options.onText;
+  }
+
+  push(bytes: Uint8Array): void {
+    for (const b of bytes) this.#pending.push(b);
+    if (bytes.includes(0x0a)) this.flush();
+    else {
+      this.#timer ??= setTimeout(() => this.flush(), CONSOLE_FLUSH_MS);
+    }
+  }
+
+  flush(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#pending.length === 0) return;
+    const bytes = new Uint8Array(this.#pending);
+    this.#pending = [];
+    try {
+      this.#onConsole?.(bytes);
+    } catch {
+      // A failing console sink must not stop the guest.
+    }
+    const text = this.#decoder.decode(bytes, { stream: true });
+    // Markers may straddle two flushes: look at the new text with some before.
+    const recent = this.#tail.slice(-64) + text;
+    this.#tail = (this.#tail + text).slice(-CONSOLE_TAIL_CHARS);
+    this.#onText(recent);
+  }
+
+  text(): string {
+    return this.#tail;
+  }
+}

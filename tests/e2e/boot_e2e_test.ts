@@ -1,0 +1,134 @@
+// End-to-end boots of a real Linux kernel through initx's own layers. They
+// need /dev/kvm with hardware virtualization: run them in the KVM lab on
+// hosts without it, e.g.
+//   deno task lab --timeout 300 -- deno test -A --no-check tests/e2e/boot_e2e_test.ts
+// One booted guest serves several checks: each boot costs 10-15 s in the lab.
+import { equal, match, ok } from "node:assert/strict";
+import { CpioWriter } from "../../src/boot/cpio.ts";
+import { ensureKernel } from "../../src/boot/kernel.ts";
+import { bootLinux, type LinuxVmResult } from "../../src/initx/linux_vm.ts";
+import { bootCommand } from "../../src/cli/boot.ts";
+import { needKvm } from "../_gate.ts";
+
+const MARKER = "INITX-E2E-MARKER";
+const MEMORY_MIB = 256;
+
+async function kernelPath(): Promise<string> {
+  return Deno.env.get("INITX_LAB_KERNEL") ?? (await ensureKernel()).image;
+}
+
+function busybox(): Uint8Array {
+  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
+    try {
+      return Deno.readFileSync(p);
+    } catch {
+      // try the next one
+    }
+  }
+  throw new Error("Cannot find a static busybox at /bin or /usr/bin");
+}
+
+/** An initramfs whose /init is a busybox shell script. */
+function initramfs(script: string): Uint8Array {
+  return new CpioWriter()
+    .file("/bin/busybox", busybox(), { mode: 0o755 })
+    .file("/init", new TextEncoder().encode(`#!/bin/busybox sh\n${script}`), {
+      mode: 0o755,
+    })
+    .dir("/proc")
+    .dir("/sys")
+    .dir("/dev")
+    .device("/dev/console", { type: "char", major: 5, minor: 1 })
+    .bytes();
+}
+
+const REPORT_SCRIPT = `
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo ${MARKER}
+echo "nproc=$(nproc)"
+echo "cpuinfo=$(grep -c ^processor /proc/cpuinfo)"
+grep MemTotal /proc/meminfo
+echo "acpi=$(ls /sys/bus/acpi/devices/ | tr '\\n' ' ')"
+poweroff -f
+`;
+
+Deno.test("bootLinux() boots busybox to power-off with 2 vCPUs, RAM and ACPI devices", async (t) => {
+  const kvm = await needKvm(t);
+  if (!kvm) return;
+  let result: LinuxVmResult;
+  try {
+    result = await bootLinux({
+      kernel: await kernelPath(),
+      initrd: initramfs(REPORT_SCRIPT),
+      cpus: 2,
+      memoryMiB: MEMORY_MIB,
+      virtioMmioWindows: 2,
+      timeoutMs: 120_000,
+      hypervisor: kvm,
+    });
+  } finally {
+    kvm.close();
+  }
+  const text = result.console;
+  console.log(`booted to power-off in ${result.elapsedMs.toFixed(0)} ms`);
+  equal(result.outcome.kind, "power-off", text);
+  ok(text.includes(MARKER), text);
+  match(text, /nproc=2\b/);
+  match(text, /cpuinfo=2\b/);
+  const kib = Number(/MemTotal:\s+(\d+) kB/.exec(text)?.[1]);
+  ok(
+    kib > MEMORY_MIB * 1024 * 0.8 && kib <= MEMORY_MIB * 1024,
+    `MemTotal ${kib} kB for ${MEMORY_MIB} MiB`,
+  );
+  match(text, /acpi=.*LNRO0005:00.*LNRO0005:01/);
+});
+
+Deno.test("bootLinux() reports a panic with the console tail when there is no init", async (t) => {
+  const kvm = await needKvm(t);
+  if (!kvm) return;
+  let result: LinuxVmResult;
+  try {
+    result = await bootLinux({
+      kernel: await kernelPath(),
+      memoryMiB: 128,
+      timeoutMs: 120_000,
+      hypervisor: kvm,
+    });
+  } finally {
+    kvm.close();
+  }
+  equal(result.outcome.kind, "panic", result.console);
+  if (result.outcome.kind === "panic") {
+    match(result.outcome.tail, /Kernel panic - not syncing/);
+  }
+});
+
+Deno.test("initx boot streams the console and exits 0 on power-off", async (t) => {
+  const kvm = await needKvm(t);
+  if (!kvm) return;
+  kvm.close();
+  const dir = await Deno.makeTempDir();
+  try {
+    const initrd = `${dir}/initrd.cpio`;
+    await Deno.writeFile(
+      initrd,
+      initramfs(`/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`),
+    );
+    const code = await bootCommand([
+      "--kernel",
+      await kernelPath(),
+      "--initrd",
+      initrd,
+      "--memory",
+      "128",
+      "--timeout",
+      "120",
+    ]);
+    equal(code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
