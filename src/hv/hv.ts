@@ -143,8 +143,11 @@ export type VcpuOutcome =
   | { kind: "internal-error"; suberror: number; regs: X86Regs }
   /** The vCPU could not enter the guest. */
   | { kind: "fail-entry"; reason: bigint; regs: X86Regs }
-  /** The host stopped the vCPU. */
-  | { kind: "stopped"; regs: X86Regs }
+  /**
+   * The host stopped the vCPU; `atMs` is when it left the guest
+   * (`performance.timeOrigin + performance.now()` of the vCPU thread).
+   */
+  | { kind: "stopped"; atMs: number; regs: X86Regs }
   /** An exit reason initx does not handle. */
   | { kind: "unsupported"; exitReason: number; regs: X86Regs }
   /** A host-side failure (an ioctl, a handler that threw). */

@@ -71,13 +71,19 @@ export async function run(
     mode: 0o755,
   });
   const [command, ...rest] = [...prefix, path, ...(options.args ?? [])];
-  const output = await new Deno.Command(command!, {
+  const child = new Deno.Command(command!, {
     args: rest,
     cwd: options.dir,
     stdout: "piped",
     stderr: "piped",
-    stdin: "null",
-  }).output();
+    stdin: options.stdin === undefined ? "null" : "piped",
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(options.stdin));
+    await writer.close();
+  }
+  const output = await child.output();
   return { stdout: new TextDecoder().decode(output.stdout), code: output.code };
 }
 

@@ -481,7 +481,8 @@ Deno.test("compileElf() programs exit from anywhere with exit_group", async () =
   await expectRun(p.build(), { stdout: "bye\n", code: 42 });
 });
 
-Deno.test("compile() is fast for a program of a few hundred statements", () => {
+Deno.test("compile() compiles a program of a few hundred statements", () => {
+  // Its speed is measured in bench/compile_bench.ts.
   const p = new ProgramBuilder();
   p.method("main", (m) => {
     const x = m.var("x", { init: 0 });
@@ -496,17 +497,7 @@ Deno.test("compile() is fast for a program of a few hundred statements", () => {
   });
   const program = p.build();
   for (const arch of ["x86_64", "aarch64"] as const) {
-    // Best of five, so a busy machine does not fail the check.
-    let best = Infinity;
-    for (let round = 0; round < 5; round++) {
-      const started = performance.now();
-      ok(compile(program, { arch }).code.length > 0);
-      best = Math.min(best, performance.now() - started);
-    }
-    ok(
-      best < 50,
-      `compiling 200 statements for ${arch} took ${best.toFixed(1)} ms`,
-    );
+    ok(compile(program, { arch }).code.length > 0);
   }
 });
 

@@ -119,7 +119,8 @@ function runLoop(
   );
   for (;;) {
     if (Atomics.load(ctl, Ctl.Stop) !== 0) {
-      return { kind: "stopped", regs: getRegs(fd) };
+      const atMs = performance.timeOrigin + performance.now();
+      return { kind: "stopped", atMs, regs: getRegs(fd) };
     }
     const r = sym.ioctl(fd, KVM.RUN, null);
     if (r < 0) {

@@ -1,0 +1,59 @@
+// The KVM lab itself: these boot it (a few seconds each) on the host.
+import { equal, ok } from "node:assert/strict";
+import { runInLab } from "./lab.ts";
+import { needTool } from "../../tests/_gate.ts";
+
+function collect() {
+  let text = "";
+  const decoder = new TextDecoder();
+  return {
+    output: (b: Uint8Array) => text += decoder.decode(b, { stream: true }),
+    text: () => text,
+  };
+}
+const quiet = () => {};
+
+Deno.test("runInLab() gives the command a /dev/kvm and its output", async (t) => {
+  if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
+  const out = collect();
+  const r = await runInLab(["sh", "-c", "test -c /dev/kvm && echo ok"], {
+    output: out.output,
+    progress: quiet,
+    timeoutSeconds: 120,
+  });
+  equal(r.error, undefined);
+  equal(r.code, 0);
+  equal(out.text(), "ok\n");
+});
+
+Deno.test("runInLab() returns the command's exit status and files from /out", async (t) => {
+  if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
+  const dir = await Deno.makeTempDir({ prefix: "initx-lab-out-" });
+  try {
+    const r = await runInLab(
+      ["sh", "-c", "mkdir -p /out/a && echo back > /out/a/f && exit 7"],
+      { output: quiet, progress: quiet, outDir: dir, timeoutSeconds: 120 },
+    );
+    equal(r.code, 7);
+    equal(await Deno.readTextFile(`${dir}/a/f`), "back\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runInLab() stops a command that runs past its timeout and leaves no QEMU", async (t) => {
+  if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
+  const r = await runInLab(["sleep", "600"], {
+    output: quiet,
+    progress: quiet,
+    timeoutSeconds: 20,
+  });
+  equal(r.code, 124);
+  ok(r.error?.startsWith("Lab command timed out after 20 s"), r.error);
+  // No QEMU of ours is left: every lab QEMU boots a run-* initrd of this tree.
+  const ps = await new Deno.Command("sh", {
+    args: ["-c", "ps -eo args | grep -c '[q]emu-system-x86_64.*run-' || true"],
+    stdout: "piped",
+  }).output();
+  equal(new TextDecoder().decode(ps.stdout).trim(), "0");
+});
