@@ -9,8 +9,9 @@
  *   reboot a write to the reset register, both I/O ports from `layout.ts`.
  * - MADT ("APIC"): one local APIC per vCPU, one IOAPIC, LINT1 as NMI, and
  *   optionally the PC's ISA IRQ0 -> GSI 2 override.
- * - DSDT: AML describing each virtio-mmio window as a device with
- *   `_HID "LNRO0005"`, and `\_S5_` so the guest knows the power-off SLP_TYP.
+ * - DSDT: AML describing COM1 (`PNP0501`), each virtio-mmio window as a
+ *   device with `_HID "LNRO0005"`, and `\_S5_` so the guest knows the
+ *   power-off SLP_TYP.
  *
  * The AML encoder below covers just what the DSDT needs (ACPI 6.x §20.2).
  * Spec section numbers are from ACPI 6.4.
@@ -28,6 +29,8 @@ import {
   type GuestWrite,
   IOAPIC_ADDR,
   LAPIC_ADDR,
+  SERIAL_COM1_IRQ,
+  SERIAL_COM1_PORT,
 } from "./layout.ts";
 
 // ---------------------------------------------------------------------------
@@ -178,6 +181,10 @@ const RES_IRQ_CONSUMER = 1 << 0;
 const RES_IRQ_EDGE = 1 << 1;
 /** Small resource item: end tag, one byte of checksum follows (§6.4.2.9). */
 const RES_END_TAG = 0x79;
+/** Small resource: I/O port descriptor, 7 bytes of data (§6.4.2.5). */
+const RES_IO_PORT = 0x47;
+/** I/O descriptor flag: the device decodes 16 address bits. */
+const RES_IO_DECODE16 = 1;
 
 const encoder = new TextEncoder();
 
@@ -361,6 +368,39 @@ function resExtendedInterrupt(gsi: number, edge: boolean): Uint8Array {
   out[4] = 1;
   view.setUint32(5, gsi, true);
   return out;
+}
+
+/** `IO(Decode16, port, port, 1, length)` resource descriptor (§6.4.2.5). */
+function resIo(port: number, length: number): Uint8Array {
+  const out = new Uint8Array(8);
+  const view = new DataView(out.buffer);
+  out[0] = RES_IO_PORT;
+  out[1] = RES_IO_DECODE16;
+  view.setUint16(2, port, true);
+  view.setUint16(4, port, true);
+  out[6] = 1; // alignment
+  out[7] = length;
+  return out;
+}
+
+/** `EisaId("PNP0501")`: a compressed EISA id as a DWORD (§19.6.35). */
+function amlEisaId(id: string): Uint8Array {
+  if (!/^[A-Z]{3}[0-9A-F]{4}$/.test(id)) {
+    throw new RangeError(
+      `Cannot encode EISA id "${id}": expected like PNP0501`,
+    );
+  }
+  const c = (i: number) => id.charCodeAt(i) - 0x40;
+  const vendor = (c(0) << 10) | (c(1) << 5) | c(2);
+  const product = parseInt(id.slice(3), 16);
+  // Stored big-endian: vendor word then product word, read as a u32 LE.
+  const be = Uint8Array.of(
+    vendor >> 8,
+    vendor & 0xff,
+    product >> 8,
+    product & 0xff,
+  );
+  return amlInteger(new DataView(be.buffer).getUint32(0, true));
 }
 
 /** A ResourceTemplate: the descriptors plus an end tag with checksum 0. */
@@ -601,7 +641,7 @@ export interface VirtioMmioAcpiDevice {
 }
 
 /**
- * Builds the DSDT (ACPI 6.4 §5.2.11.1): `\_S5_` and, under `\_SB_`, one
+ * Builds the DSDT (ACPI 6.4 §5.2.11.1): `\_S5_` and, under `\_SB_`, COM1 and one
  * `Device (VRnn)` per virtio-mmio window with `_HID "LNRO0005"`, `_UID n` and
  * a `_CRS` holding `Memory32Fixed` and `Interrupt` descriptors.
  *
@@ -619,6 +659,20 @@ export function buildDsdt(
       `Cannot build DSDT: ${virtioMmio.length} virtio-mmio devices exceed 256`,
     );
   }
+  // Linux's serial driver learns COM1's interrupt from here: with a
+  // hardware-reduced FADT it has no legacy PIC, so ISA IRQ numbers are not
+  // mapped to IOAPIC pins until ACPI names them.
+  const com1 = amlDevice("COM1", [
+    amlName("_HID", amlEisaId("PNP0501")),
+    amlName("_UID", amlInteger(0)),
+    amlName(
+      "_CRS",
+      amlBuffer(resourceTemplate([
+        resIo(SERIAL_COM1_PORT, 8),
+        resExtendedInterrupt(SERIAL_COM1_IRQ, true),
+      ])),
+    ),
+  ]);
   const devices = virtioMmio.map((dev, n) => {
     if (!Number.isInteger(dev.gsi) || dev.gsi < 0 || dev.gsi > 0xffff_ffff) {
       throw new RangeError(
@@ -638,7 +692,7 @@ export function buildDsdt(
   });
   const aml = concat([
     amlName("\\_S5_", amlPackage([S5_SLP_TYP, S5_SLP_TYP, 0, 0])),
-    amlScope("\\_SB_", devices),
+    amlScope("\\_SB_", [com1, ...devices]),
   ]);
   return table("DSDT", DSDT_REVISION, aml);
 }

@@ -23,6 +23,8 @@ export const I8042_DATA_PORT = 0x60;
 export const I8042_COMMAND_PORT = 0x64;
 /** i8042 command "pulse the reset line" (what `reboot=k` sends). */
 export const I8042_CMD_RESET = 0xfe;
+/** i8042 status bit 0: a byte waits in the output buffer. */
+export const I8042_STATUS_OUTPUT_FULL = 0x01;
 /** CMOS/RTC index port. */
 export const CMOS_INDEX_PORT = 0x70;
 /** CMOS/RTC data port. */
@@ -83,12 +85,14 @@ export class Platform {
       case ACPI_SLEEP_CONTROL_PORT:
       case ACPI_SLEEP_STATUS_PORT:
         return 0;
-      // Status 0: output buffer empty, input buffer empty. With all ones
-      // `reboot=k` would wait for the input buffer to drain (64K polls, each
-      // an exit) before every reset attempt.
+      // There is no keyboard controller, only its reset line. Status "output
+      // buffer full, input buffer empty" makes both of Linux's uses quick:
+      // the i8042 driver cannot flush the output buffer and gives up after 16
+      // reads ("No controller found"), and `reboot=k` finds the input buffer
+      // empty and sends the reset at once (all ones would make it poll 64K
+      // times, each poll an exit, before every attempt).
       case I8042_COMMAND_PORT:
-      case I8042_DATA_PORT:
-        return 0;
+        return I8042_STATUS_OUTPUT_FULL;
       default:
         return 0xff;
     }

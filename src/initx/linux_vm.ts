@@ -43,12 +43,15 @@ import type {
  * (no PCI, one UART, no PS/2 devices, no crypto self-tests, no timer IRQ
  * check).
  */
-export const DEFAULT_CMDLINE =
+export const DEFAULT_CMDLINE: string =
   "console=ttyS0 reboot=k panic=-1 quiet pci=off no_timer_check " +
   "8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests";
 /** Default guest RAM in MiB. */
 export const DEFAULT_MEMORY_MIB = 512;
-/** How long a panicking kernel may take to reboot before the VM is stopped. */
+/**
+ * How long the console of a panicking kernel may stay quiet before the VM is
+ * stopped (with `panic=-1` the kernel reboots by itself first).
+ */
 export const PANIC_GRACE_MS = 2000;
 /** Console text kept for the result, in characters. */
 export const CONSOLE_TAIL_CHARS = 16384;
@@ -145,10 +148,12 @@ export class LinuxVm {
   #serial: Serial;
   #platform: Platform;
   #startedAt = 0;
+  #ended = false;
   #ending: Promise<void> | undefined;
   #closed = false;
   #panicked = false;
-  #timers: ReturnType<typeof setTimeout>[] = [];
+  #timeoutTimer: ReturnType<typeof setTimeout> | undefined;
+  #panicTimer: ReturnType<typeof setTimeout> | undefined;
   #resolve!: (r: LinuxVmResult) => void;
   /** Resolves when the run ends; it never rejects. */
   readonly done: Promise<LinuxVmResult>;
@@ -255,8 +260,9 @@ export class LinuxVm {
       throw e;
     }
     if (options.timeoutMs !== undefined) {
-      linux.#timers.push(
-        setTimeout(() => linux.#end({ kind: "timeout" }), options.timeoutMs),
+      linux.#timeoutTimer = setTimeout(
+        () => linux.#end({ kind: "timeout" }),
+        options.timeoutMs,
       );
     }
     return linux;
@@ -297,7 +303,7 @@ export class LinuxVm {
   }
 
   #pulseIrq(gsi: number): void {
-    if (this.#ending) return;
+    if (this.#ended) return;
     this.#vm.setIrqLine(gsi, 1);
     this.#vm.setIrqLine(gsi, 0);
   }
@@ -305,8 +311,15 @@ export class LinuxVm {
   #watch(recent: string): void {
     if (!this.#panicked && recent.includes(PANIC_MARKER)) {
       this.#panicked = true;
-      this.#timers.push(
-        setTimeout(() => this.#end({ kind: "reboot" }), PANIC_GRACE_MS),
+    }
+    if (this.#ended) return;
+    if (this.#panicked) {
+      // The panic report may take a while over a slow console: wait until it
+      // has been quiet for the grace period, unless the kernel reboots first.
+      if (this.#panicTimer !== undefined) clearTimeout(this.#panicTimer);
+      this.#panicTimer = setTimeout(
+        () => this.#end({ kind: "reboot" }),
+        PANIC_GRACE_MS,
       );
     }
     if (recent.includes(DECOMPRESSOR_HALT_MARKER)) {
@@ -377,21 +390,25 @@ export class LinuxVm {
 
   /** Ends the run once: the first outcome wins. */
   #end(outcome: LinuxVmOutcome): void {
-    if (this.#ending) return;
-    // Text that arrived with the exit that ends the run may hold the panic.
-    this.#console.flush();
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#ending = this.#finish(outcome);
+  }
+
+  async #finish(outcome: LinuxVmOutcome): Promise<void> {
     const elapsedMs = performance.now() - this.#startedAt;
-    this.#ending = (async () => {
-      for (const t of this.#timers) clearTimeout(t);
-      await Promise.all(this.#vcpus.map((v) => v.stop()));
-      this.#console.flush();
-      const text = this.#console.text();
-      const ended = this.#panicked &&
-          (outcome.kind === "reboot" || outcome.kind === "triple-fault")
-        ? { kind: "panic" as const, tail: text.slice(-PANIC_TAIL_CHARS) }
-        : outcome;
-      this.#resolve({ outcome: ended, console: text, elapsedMs });
-    })();
+    clearTimeout(this.#timeoutTimer);
+    clearTimeout(this.#panicTimer);
+    // Text that came with the exit that ends the run may hold the panic.
+    this.#console.flush();
+    await Promise.all(this.#vcpus.map((v) => v.stop()));
+    this.#console.flush();
+    const text = this.#console.text();
+    const ended = this.#panicked &&
+        (outcome.kind === "reboot" || outcome.kind === "triple-fault")
+      ? { kind: "panic" as const, tail: text.slice(-PANIC_TAIL_CHARS) }
+      : outcome;
+    this.#resolve({ outcome: ended, console: text, elapsedMs });
   }
 }
 
