@@ -61,3 +61,9 @@ export {
   type KernelSource,
 } from "./src/boot/kernel.ts";
 export { OsError } from "./ffi/libc.ts";
+export { main } from "./src/cli/main.ts";
+
+if (import.meta.main) {
+  const { main } = await import("./src/cli/main.ts");
+  Deno.exit(await main(Deno.args));
+}

@@ -1,35 +1,48 @@
 /**
- * `deno task demo`: the KVM smoke demo. It starts a VM through initx's own
- * hypervisor layer, runs a tiny 64-bit guest that computes 1 + 2 + ... + 100
- * and prints a greeting through port I/O, and shows what came back. It runs
- * on this host's `/dev/kvm` when it can be opened, else inside the KVM lab,
- * and says which.
+ * `deno task demo [-- CMD ARGS...]`: the main job. It boots the default
+ * kernel (Debian's cloud kernel, provisioned by initx) in a micro-VM with
+ * initx's own IR-compiled init and the busybox image, runs CMD there and
+ * exits with its status: `initx run busybox -- CMD`. It runs directly on
+ * hosts with hardware KVM and inside the KVM lab elsewhere, and says which.
  *
  * @module
  */
 
 import { PROJECT_ROOT, runInLab } from "./lab/lab.ts";
+import { ensurePackages } from "./_packages.ts";
 import { detectKvmHost } from "../src/hv/kvm/host.ts";
 
+const args = Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args;
+const command = args.length > 0 ? args : [
+  "sh",
+  "-c",
+  'echo "hello from $(uname -sr) on $(nproc) vCPU(s) in an initx micro-VM"',
+];
+const initx = [
+  "run",
+  "-A",
+  "--no-check",
+  "mod.ts",
+  "run",
+  "busybox",
+  "--",
+  ...command,
+];
+
 const host = detectKvmHost();
-if (Deno.env.get("INITX_IN_LAB") === undefined && !host.canOpen) {
-  console.error(`demo: running inside the KVM lab, because ${host.reason}`);
-  const r = await runInLab([
-    "deno",
-    "run",
-    "-A",
-    "--no-check",
-    "examples/kvm_smoke.ts",
-  ], {
+if (host.kind === "hardware") {
+  console.error(`demo: running on this host's KVM (${host.reason})`);
+  await ensurePackages({ busybox: "busybox-static" });
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: initx,
     cwd: PROJECT_ROOT,
-    timeoutSeconds: 300,
-  });
-  if (r.error) console.error(`demo: ${r.error}`);
+  }).spawn().status;
   Deno.exit(r.code);
 }
-console.error(`demo: running on this host's /dev/kvm (${host.kind})`);
-const r = await new Deno.Command(Deno.execPath(), {
-  args: ["run", "-A", "--no-check", "examples/kvm_smoke.ts"],
+console.error(`demo: running inside the KVM lab, because ${host.reason}`);
+const r = await runInLab(["deno", ...initx], {
   cwd: PROJECT_ROOT,
-}).spawn().status;
+  timeoutSeconds: 600,
+});
+if (r.error) console.error(`demo: ${r.error}`);
 Deno.exit(r.code);

@@ -15,6 +15,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { positiveInteger, positiveNumber, writeAll } from "./_args.ts";
 import { ensureKernel } from "../boot/kernel.ts";
 import { cannotBootLinuxReason } from "../hv/kvm/host.ts";
 import {
@@ -150,25 +151,4 @@ export function describeOutcome(outcome: LinuxVmOutcome): string {
       return `unknown outcome ${JSON.stringify(never)}`;
     }
   }
-}
-
-function positiveInteger(flag: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new Error(`${flag} "${text}" is not a positive integer`);
-  }
-  return n;
-}
-
-function positiveNumber(flag: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0) {
-    throw new Error(`${flag} "${text}" is not a positive number`);
-  }
-  return n;
-}
-
-function writeAll(w: { writeSync(p: Uint8Array): number }, bytes: Uint8Array) {
-  let done = 0;
-  while (done < bytes.length) done += w.writeSync(bytes.subarray(done));
 }

@@ -5,7 +5,11 @@
  * @module
  */
 
+import { parseArgs } from "node:util";
 import { bootCommand } from "./boot.ts";
+import { compileCommand } from "./compile.ts";
+import { runCommand } from "./run.ts";
+import { ensureKernel } from "../boot/kernel.ts";
 
 /** A subcommand: a one-line summary and what runs it. */
 export interface Command {
@@ -16,20 +20,53 @@ export interface Command {
 }
 
 /**
- * The subcommands. Entries without `run` are announced but not built yet
- * (`compile`, `run`, `kernel fetch`); they are the hooks to fill in.
+ * The subcommands.
  */
 export const COMMANDS: Record<string, Command> = {
   boot: {
     summary: "boot a Linux kernel and stream its console",
     run: bootCommand,
   },
-  run: { summary: "run a command in an OCI image (not built yet)" },
-  compile: { summary: "compile an init program (not built yet)" },
+  run: {
+    summary: "run a command in a micro-VM: initx run busybox -- CMD [ARGS...]",
+    run: runCommand,
+  },
+  compile: {
+    summary:
+      "compile an IR program module to an ELF: initx compile prog.ts --arch x86_64|aarch64 -o out",
+    run: compileCommand,
+  },
   kernel: {
-    summary: "kernel fetch: download the default kernel (not built yet)",
+    summary: "kernel fetch [--refresh]: download and cache the default kernel",
+    run: kernelCommand,
   },
 };
+
+/** `initx kernel fetch`: provisions the default kernel and prints its paths. */
+async function kernelCommand(args: string[]): Promise<number> {
+  const [verb, ...rest] = args;
+  if (verb !== "fetch") {
+    console.error("Usage: initx kernel fetch [--refresh]");
+    return 2;
+  }
+  const { values } = parseArgs({
+    args: rest,
+    options: { refresh: { type: "boolean" } },
+  });
+  try {
+    const k = await ensureKernel({
+      refresh: values.refresh,
+      onProgress: (line) => console.error(`initx kernel: ${line}`),
+    });
+    console.log(`image=${k.image}`);
+    if (k.modules) console.log(`modules=${k.modules}`);
+    console.log(`version=${k.version}`);
+    return 0;
+  } catch (e) {
+    console.error(`initx kernel: ${(e as Error).message}`);
+    return 1;
+  }
+}
 
 function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));

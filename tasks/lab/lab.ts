@@ -20,6 +20,7 @@ import { dirname, join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { ensureLabKernel, type LabKernel } from "./kernel.ts";
 import { ensurePackages, which } from "../_packages.ts";
+import { resolveModules } from "../../src/boot/modules.ts";
 
 /** Marker the lab's init prints before the command's exit status. */
 export const EXIT_MARKER = "@@initx-lab-exit@@";
@@ -29,6 +30,19 @@ const KVM_MODULES = [
   "virt/lib/irqbypass.ko",
   "arch/x86/kvm/kvm.ko",
   "arch/x86/kvm/kvm-amd.ko",
+];
+
+/**
+ * Guest kernel modules the lab carries (with their dependencies) at the same
+ * path as on the host, for end-to-end tests whose init loads them.
+ */
+const GUEST_MODULES = [
+  "virtio_mmio",
+  "virtio_console",
+  "vmw_vsock_virtio_transport",
+  "virtiofs",
+  "virtio_net",
+  "virtio_blk",
 ];
 
 /** Guest memory of the lab in MiB; nested guests take theirs from it. */
@@ -192,6 +206,7 @@ export async function ensureBaseInitramfs(
   const busybox = which("busybox")!;
   const key = hashOf([
     LAB_INIT,
+    ...GUEST_MODULES,
     kernel.version,
     await statKey(deno),
     await statKey(qemu),
@@ -248,6 +263,12 @@ export async function ensureBaseInitramfs(
       }
     }
     await copyInto(root, kernel.image, "lab/vmlinuz");
+    for (const m of await resolveModules(kernel.modulesDir, GUEST_MODULES)) {
+      await copyInto(root, m.path);
+    }
+    for (const f of ["modules.builtin", "modules.order"]) {
+      await copyInto(root, join(kernel.modulesDir, f)).catch(() => {});
+    }
     await cpioOf(root, `${path}.tmp`);
     await Deno.rename(`${path}.tmp`, path);
   } finally {
@@ -320,6 +341,9 @@ export async function runInLab(
       INITX_IN_LAB: "1",
       INITX_LAB_KERNEL: "/lab/vmlinuz",
       INITX_LAB_MODULES: kernel.modulesDir,
+      // The lab has no network: the default kernel is the one it carries.
+      INITX_KERNEL: "/lab/vmlinuz",
+      INITX_MODULES: kernel.modulesDir,
       LAB_CWD: cwd,
     });
     await Deno.mkdir(join(overlay, "lab"), { recursive: true });
