@@ -77,6 +77,8 @@ export interface LabResult {
   error?: string;
   /** Milliseconds from the call to the command's start inside the lab. */
   startMs?: number;
+  /** The pid the lab's QEMU had (it has ended when the call resolves). */
+  qemuPid?: number;
 }
 
 const encoder = new TextEncoder();
@@ -399,6 +401,7 @@ export async function runInLab(
       stderr: "piped",
     }).spawn();
     const proc = child;
+    const qemuPid = proc.pid;
     let timedOut = false;
     timer = setTimeout(() => {
       timedOut = true;
@@ -454,6 +457,7 @@ export async function runInLab(
           cmd.join(" ")
         }`,
         startMs,
+        qemuPid,
       };
     }
     if (code === undefined) {
@@ -472,7 +476,7 @@ export async function runInLab(
       await Deno.writeFile(tgz, decodeBase64(outFiles));
       await run(["tar", "-xzf", tgz, "-C", options.outDir]);
     }
-    return { code, startMs };
+    return { code, startMs, qemuPid };
   } finally {
     if (timer !== undefined) clearTimeout(timer);
     if (child) {
