@@ -3,7 +3,7 @@
 // hosts without it, e.g.
 //   deno task lab --timeout 300 -- deno test -A --no-check tests/e2e/boot_e2e_test.ts
 // One booted guest serves several checks: each boot costs 10-15 s in the lab.
-import { equal, match, ok } from "node:assert/strict";
+import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { CpioWriter } from "../../src/boot/cpio.ts";
 import { ensureKernel } from "../../src/boot/kernel.ts";
 import { bootLinux, type LinuxVmResult } from "../../src/initx/linux_vm.ts";
@@ -72,13 +72,16 @@ poweroff -f
 `;
 
 Deno.test("bootLinux() boots busybox to power-off with 2 vCPUs, RAM and ACPI devices", async (t) => {
+  const kernel = await kernelPath();
+  const initrd = initramfs(REPORT_SCRIPT);
+  const fdsBefore = kvmFds();
   const kvm = await needLinuxKvm(t);
   if (!kvm) return;
   let result: LinuxVmResult;
   try {
     result = await bootLinux({
-      kernel: await kernelPath(),
-      initrd: initramfs(REPORT_SCRIPT),
+      kernel,
+      initrd,
       cpus: 2,
       memoryMiB: MEMORY_MIB,
       virtioMmioWindows: 2,
@@ -100,7 +103,27 @@ Deno.test("bootLinux() boots busybox to power-off with 2 vCPUs, RAM and ACPI dev
     `MemTotal ${kib} kB for ${MEMORY_MIB} MiB`,
   );
   match(text, /acpi=.*LNRO0005:00.*LNRO0005:01/);
+  // /dev/kvm, the VM and its vCPU fds are all closed again.
+  deepEqual(
+    kvmFds(),
+    fdsBefore,
+    "KVM file descriptors left open after the VM ended",
+  );
 });
+
+/** Open fds of this process that are KVM objects (`/dev/kvm`, `kvm-vm`, `kvm-vcpu:N`). */
+function kvmFds(): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      const target = Deno.readLinkSync(`/proc/self/fd/${e.name}`);
+      if (target.includes("kvm")) out.push(`${e.name} -> ${target}`);
+    } catch {
+      // closed while we looked
+    }
+  }
+  return out.sort();
+}
 
 Deno.test("bootLinux() reports a panic with the console tail when there is no init", async (t) => {
   const kvm = await needLinuxKvm(t);
