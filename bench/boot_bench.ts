@@ -1,0 +1,337 @@
+/**
+ * initx against QEMU microvm, booting the same kernel and busybox initramfs
+ * with the same command line, memory and vCPUs (issue #4). The rounds
+ * alternate: one initx boot, then one QEMU boot.
+ *
+ * - initx: from `LinuxVm.start()` (the kernel read, the VM created) to the
+ *   init's marker line on the console, and to power-off (`done`);
+ * - QEMU: `qemu-system-x86_64 -accel kvm -cpu host -M microvm`, from the
+ *   process's spawn to the marker line on its stdout, and to its exit.
+ *
+ * Then a breakdown run of each, not timed: the same boot, whose init prints
+ * kernel log timestamps (read with `dmesg`, so that the slow console does not
+ * change them) and the largest gaps between log lines.
+ *
+ * Run by `deno task bench:boot`, which picks the host or the KVM lab. Needs a
+ * /dev/kvm that boots Linux and `qemu-system-x86_64`. Environment:
+ * `INITX_BENCH_ROUNDS` (default 3), `INITX_BENCH_CPUS` (default 1),
+ * `INITX_BENCH_MEMORY_MIB` (default 256), `INITX_LAB_KERNEL` (default: the
+ * kernel of `ensureKernel()`).
+ *
+ * @module
+ */
+
+import { CpioWriter } from "../src/boot/cpio.ts";
+import { ensureKernel } from "../src/boot/kernel.ts";
+import { cannotBootLinuxReason } from "../src/hv/kvm/host.ts";
+import { DEFAULT_CMDLINE, LinuxVm } from "../src/initx/linux_vm.ts";
+
+const ROUNDS = Number(Deno.env.get("INITX_BENCH_ROUNDS") ?? 3);
+const CPUS = Number(Deno.env.get("INITX_BENCH_CPUS") ?? 1);
+const MEMORY_MIB = Number(Deno.env.get("INITX_BENCH_MEMORY_MIB") ?? 256);
+/** QEMU's machine type, e.g. `microvm,rtc=off` (default `microvm`). */
+const QEMU_MACHINE = Deno.env.get("INITX_BENCH_QEMU_MACHINE") ?? "microvm";
+/** A boot that takes longer than this has failed. */
+const BOOT_TIMEOUT_MS = 60_000;
+/**
+ * A run that has not ended this long after its timeout is stuck (in the
+ * stop path): the bench says so instead of waiting for the lab's timeout.
+ */
+const STUCK_MS = BOOT_TIMEOUT_MS + 15_000;
+const MARKER = "INITX-BENCH-UP";
+/** Printed by the breakdown init before and after its report. */
+const REPORT_BEGIN = "INITX-BENCH-REPORT-BEGIN";
+const REPORT_END = "INITX-BENCH-REPORT-END";
+/** Kernel log lines worth a timestamp in the breakdown (regexp, for grep -E). */
+const MILESTONES = [
+  "tsc: ",
+  "clocksource: Switched",
+  "smp: Brought up",
+  "ACPI: Interpreter enabled",
+  "Unpacking initramfs",
+  "Freeing initrd memory",
+  "Freeing unused kernel image",
+  "Run /init",
+].join("|");
+
+const encoder = new TextEncoder();
+
+interface BootTimes {
+  /** Milliseconds to the marker line. */
+  initMs: number;
+  /** Milliseconds to the end of the run. */
+  endMs: number;
+  /** initx only: milliseconds in `LinuxVm.start()` (host-side setup). */
+  startMs?: number;
+  /** The console, for the breakdown. */
+  console: string;
+}
+
+function busybox(): Uint8Array {
+  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
+    try {
+      return Deno.readFileSync(p);
+    } catch {
+      // try the next one
+    }
+  }
+  throw new Error("Cannot find a static busybox at /bin or /usr/bin");
+}
+
+/** An initramfs whose /init is a busybox shell script. */
+function initramfs(script: string): Uint8Array {
+  return new CpioWriter()
+    .file("/bin/busybox", busybox(), { mode: 0o755 })
+    .file("/init", encoder.encode(`#!/bin/busybox sh\n${script}`), {
+      mode: 0o755,
+    })
+    .dir("/dev")
+    .device("/dev/console", { type: "char", major: 5, minor: 1 })
+    .bytes();
+}
+
+const TIMED_INIT = `/bin/busybox echo ${MARKER}
+/bin/busybox poweroff -f
+`;
+
+/**
+ * Prints the marker, then the kernel log's first line, its milestones, and
+ * the six largest gaps between consecutive lines (gap in seconds, the time it
+ * ended at, and the line after the gap), then powers off.
+ */
+const BREAKDOWN_INIT = `/bin/busybox echo ${MARKER}
+export PATH=/bin
+/bin/busybox --install -s /bin
+dmesg > /dmesg.txt
+echo ${REPORT_BEGIN}
+head -n 1 /dmesg.txt | cut -c 1-100
+grep -E '${MILESTONES}' /dmesg.txt | cut -c 1-100
+echo "largest gaps:"
+awk '{ t = substr($0, 2, 12) + 0; if (NR > 1) printf "%8.3f s before %s\\n", t - p, substr($0, 1, 90); p = t }' /dmesg.txt | sort -rn | head -n 6
+echo "kernel log lines: $(wc -l < /dmesg.txt)"
+echo ${REPORT_END}
+poweroff -f
+`;
+
+async function bootInitx(
+  kernel: Uint8Array,
+  initrd: Uint8Array,
+  cmdline: string,
+): Promise<BootTimes> {
+  let text = "";
+  let initMs: number | undefined;
+  const decoder = new TextDecoder();
+  const t0 = performance.now();
+  const vm = await deadline(
+    LinuxVm.start({
+      kernel,
+      initrd,
+      cmdline,
+      cpus: CPUS,
+      memoryMiB: MEMORY_MIB,
+      timeoutMs: BOOT_TIMEOUT_MS,
+      onConsole: (bytes) => {
+        text += decoder.decode(bytes, { stream: true });
+        if (initMs === undefined && text.includes(MARKER)) {
+          initMs = performance.now() - t0;
+        }
+      },
+    }),
+    () => "LinuxVm.start() did not return",
+  );
+  const startMs = performance.now() - t0;
+  try {
+    const result = await deadline(
+      vm.done,
+      () => `initx run did not end; console:\n${vm.consoleText().slice(-2000)}`,
+    );
+    const endMs = performance.now() - t0;
+    if (result.outcome.kind !== "power-off" || initMs === undefined) {
+      throw new Error(
+        `initx boot ended with ${result.outcome.kind}:\n${result.console}`,
+      );
+    }
+    return { initMs, endMs, startMs, console: result.console };
+  } finally {
+    await deadline(vm.close(), () => "LinuxVm.close() did not return");
+  }
+}
+
+async function bootQemu(
+  kernelPath: string,
+  initrdPath: string,
+  cmdline: string,
+): Promise<BootTimes> {
+  let text = "";
+  let initMs: number | undefined;
+  const decoder = new TextDecoder();
+  const t0 = performance.now();
+  const child = new Deno.Command("qemu-system-x86_64", {
+    args: [
+      ...["-accel", "kvm", "-cpu", "host", "-M", QEMU_MACHINE],
+      ...["-nodefaults", "-no-user-config", "-nographic"],
+      ...["-serial", "stdio", "-no-reboot"],
+      ...["-m", String(MEMORY_MIB), "-smp", String(CPUS)],
+      ...["-kernel", kernelPath, "-initrd", initrdPath, "-append", cmdline],
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }, BOOT_TIMEOUT_MS);
+  const stderr = new Response(child.stderr).text();
+  const reading = (async () => {
+    for await (const chunk of child.stdout) {
+      text += decoder.decode(chunk, { stream: true });
+      if (initMs === undefined && text.includes(MARKER)) {
+        initMs = performance.now() - t0;
+      }
+    }
+  })();
+  await deadline(reading, () => "QEMU's stdout did not close");
+  const status = await deadline(child.status, () => "QEMU did not exit");
+  const endMs = performance.now() - t0;
+  clearTimeout(timer);
+  if (!status.success || initMs === undefined) {
+    throw new Error(
+      `QEMU exited with ${status.code}:\n${text.slice(-4000)}\n${await stderr}`,
+    );
+  }
+  return { initMs, endMs, console: text };
+}
+
+/** `promise`, or a rejection naming what is stuck after {@linkcode STUCK_MS}. */
+async function deadline<T>(
+  promise: Promise<T>,
+  what: () => string,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Stuck after ${STUCK_MS} ms: ${what()}`)),
+      STUCK_MS,
+    );
+  });
+  try {
+    return await Promise.race([promise, stuck]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** `min x / median y / max z s`. */
+function stats(xs: number[], unit: "s" | "x"): string {
+  const s = [...xs].sort((a, b) => a - b);
+  const f = (x: number) =>
+    unit === "s" ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(2)}x`;
+  return `min ${f(s[0]!)} / median ${f(s[Math.floor(s.length / 2)]!)} / max ${
+    f(s.at(-1)!)
+  }`;
+}
+
+function median(xs: number[]): number {
+  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+}
+
+/** The breakdown init's report, out of a console. */
+function report(console: string): string {
+  const text = console.replaceAll("\r", "");
+  const begin = text.indexOf(REPORT_BEGIN);
+  const end = text.indexOf(REPORT_END);
+  if (begin < 0 || end < begin) return "(no report on the console)";
+  return text.slice(begin + REPORT_BEGIN.length, end).trim().split("\n")
+    .map((l) => `  ${l}`).join("\n");
+}
+
+/** The kernel's timestamp of "Run /init" in a report, in milliseconds. */
+function runInitMs(reportText: string): number | undefined {
+  const m = /\[\s*(\d+\.\d+)\] Run \/init/.exec(reportText);
+  return m ? Number(m[1]) * 1000 : undefined;
+}
+
+const reason = cannotBootLinuxReason();
+if (reason !== undefined) {
+  console.error(reason);
+  Deno.exit(1);
+}
+const kernelPath = Deno.env.get("INITX_LAB_KERNEL") ??
+  (await ensureKernel()).image;
+const kernel = await Deno.readFile(kernelPath);
+const dir = await Deno.makeTempDir({ prefix: "initx-boot-bench-" });
+try {
+  const timedInitrd = initramfs(TIMED_INIT);
+  const breakdownInitrd = initramfs(BREAKDOWN_INIT);
+  const timedPath = `${dir}/timed.cpio`;
+  const breakdownPath = `${dir}/breakdown.cpio`;
+  await Deno.writeFile(timedPath, timedInitrd);
+  await Deno.writeFile(breakdownPath, breakdownInitrd);
+  const cmdline = DEFAULT_CMDLINE;
+  console.log(`kernel ${kernelPath}, ${CPUS} vCPU, ${MEMORY_MIB} MiB`);
+  console.log(`command line (both): ${cmdline}`);
+  console.log(`QEMU: -accel kvm -cpu host -M ${QEMU_MACHINE}`);
+
+  const initx: BootTimes[] = [];
+  const qemu: BootTimes[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    const a = await bootInitx(kernel, timedInitrd, cmdline);
+    const b = await bootQemu(kernelPath, timedPath, cmdline);
+    initx.push(a);
+    qemu.push(b);
+    console.log(
+      `round ${i + 1}: initx init ${a.initMs.toFixed(0)} ms, end ${
+        a.endMs.toFixed(0)
+      } ms; QEMU init ${b.initMs.toFixed(0)} ms, exit ${b.endMs.toFixed(0)} ms`,
+    );
+  }
+
+  // Breakdown: printk timestamps, read after the boot with dmesg.
+  const bcmd = `${cmdline} printk.time=1`;
+  const bi = await bootInitx(kernel, breakdownInitrd, bcmd);
+  const bq = await bootQemu(kernelPath, breakdownPath, bcmd);
+  for (const [name, b] of [["initx", bi], ["QEMU", bq]] as const) {
+    const r = report(b.console);
+    const runInit = runInitMs(r);
+    const parts = [`marker at ${b.initMs.toFixed(0)} ms`];
+    if (b.startMs !== undefined) {
+      parts.push(`LinuxVm.start() ${b.startMs.toFixed(0)} ms`);
+    }
+    if (runInit !== undefined) {
+      const before = b.initMs - (b.startMs ?? 0) - runInit;
+      parts.push(
+        `kernel clock at "Run /init" ${runInit.toFixed(0)} ms`,
+        `so ~${before.toFixed(0)} ms of ${
+          name === "initx" ? "" : "QEMU start-up, firmware, "
+        }decompression and early setup before the kernel's clock starts, plus init's first line`,
+      );
+    }
+    console.log(`\nbreakdown, ${name} (${parts.join("; ")}):\n${r}`);
+  }
+
+  const ratioInit = initx.map((a, i) => a.initMs / qemu[i]!.initMs);
+  const ratioEnd = initx.map((a, i) => a.endMs / qemu[i]!.endMs);
+  const lines = [
+    `boot to init, initx: ${stats(initx.map((a) => a.initMs), "s")}`,
+    `boot to init, QEMU:  ${stats(qemu.map((b) => b.initMs), "s")}`,
+    `boot to init, initx/QEMU per round: ${stats(ratioInit, "x")}`,
+    `boot to end, initx (power-off): ${stats(initx.map((a) => a.endMs), "s")}`,
+    `boot to end, QEMU (exit):       ${stats(qemu.map((b) => b.endMs), "s")}`,
+    `boot to end, initx/QEMU per round: ${stats(ratioEnd, "x")}`,
+    `initx LinuxVm.start() (host-side setup, inside boot to init): ${
+      stats(initx.map((a) => a.startMs!), "s")
+    }`,
+    `boot to init: initx ${
+      (median(initx.map((a) => a.initMs)) / 1000).toFixed(2)
+    } s, QEMU ${
+      (median(qemu.map((b) => b.initMs)) / 1000).toFixed(2)
+    } s, ratio ${median(ratioInit).toFixed(2)}x (goal: at most 0.70x)`,
+  ];
+  console.log(`\n${lines.join("\n")}`);
+} finally {
+  await Deno.remove(dir, { recursive: true });
+}

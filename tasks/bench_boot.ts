@@ -1,0 +1,26 @@
+/**
+ * `deno task bench:boot`: runs `bench/boot_bench.ts` (initx against QEMU
+ * microvm, booting the same kernel to its init) on this host when its KVM is
+ * hardware-backed, or inside the KVM lab, in one lab run, otherwise.
+ *
+ * @module
+ */
+
+import { PROJECT_ROOT, runInLab } from "./lab/lab.ts";
+import { detectKvmHost } from "../src/hv/kvm/host.ts";
+
+const host = detectKvmHost();
+const script = ["deno", "run", "-A", "--no-check", "bench/boot_bench.ts"];
+if (host.kind === "hardware") {
+  console.error(`bench: on this host's /dev/kvm (${host.reason})`);
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: script.slice(1),
+    cwd: PROJECT_ROOT,
+  }).spawn().status;
+  Deno.exit(r.code);
+} else {
+  console.error(`bench: inside the KVM lab (${host.reason})`);
+  const r = await runInLab(script, { cwd: PROJECT_ROOT, timeoutSeconds: 600 });
+  if (r.error) console.error(`bench: ${r.error}`);
+  Deno.exit(r.code);
+}
