@@ -17,6 +17,11 @@ import {
   type WorkerStart,
 } from "./vcpu_protocol.ts";
 
+/** How long the owner polls for the next exit before it sleeps. */
+const SERVE_POLL_MS = 0.2;
+/** The longest the owner serves exits without yielding to its event loop. */
+const SERVE_STREAK_MS = 5;
+
 let signalUsers = 0;
 const ignoreSignal = () => {};
 
@@ -140,13 +145,32 @@ export class KvmVcpu implements HvVcpu {
 
   async #serve(): Promise<void> {
     const ctl = this.#ctl;
+    // Exits come in bursts (a console line is a few exits per byte): after
+    // serving one, poll briefly for the next before going back to the event
+    // loop, whose wake-up costs far more than an exit. A long streak still
+    // yields now and then so that timers and I/O on this thread run.
+    let streakStart = performance.now();
     for (;;) {
-      const state = Atomics.load(ctl, Ctl.State);
+      let state = Atomics.load(ctl, Ctl.State);
+      if (state !== CtlState.Exit && state !== CtlState.Done) {
+        const pollUntil = performance.now() + SERVE_POLL_MS;
+        while (
+          state !== CtlState.Exit && state !== CtlState.Done &&
+          performance.now() < pollUntil
+        ) {
+          state = Atomics.load(ctl, Ctl.State);
+        }
+      }
       if (state === CtlState.Done) return;
       if (state !== CtlState.Exit) {
         const w = Atomics.waitAsync(ctl, Ctl.State, state);
         if (w.async) await w.value;
+        streakStart = performance.now();
         continue;
+      }
+      if (performance.now() - streakStart > SERVE_STREAK_MS) {
+        await new Promise((r) => setTimeout(r, 0));
+        streakStart = performance.now();
       }
       try {
         this.#dispatch();

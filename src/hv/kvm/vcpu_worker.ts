@@ -193,9 +193,16 @@ function runLoop(
 function handOver(ctl: Int32Array): void {
   Atomics.store(ctl, Ctl.State, CtlState.Exit);
   Atomics.notify(ctl, Ctl.State);
+  // The owner usually answers within microseconds: poll before sleeping.
+  for (let i = 0; i < HANDOVER_POLLS; i++) {
+    if (Atomics.load(ctl, Ctl.State) !== CtlState.Exit) break;
+  }
   Atomics.wait(ctl, Ctl.State, CtlState.Exit);
   Atomics.store(ctl, Ctl.State, CtlState.Running);
 }
+
+/** Polls of the control block before the vCPU thread sleeps on it. */
+const HANDOVER_POLLS = 20_000;
 
 function post(reply: WorkerReply): void {
   self.postMessage(reply);
