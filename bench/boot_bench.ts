@@ -21,6 +21,7 @@
  * @module
  */
 
+import { requireStaticBusybox } from "../src/initx/busybox_guest.ts";
 import { CpioWriter } from "../src/boot/cpio.ts";
 import { ensureKernel } from "../src/boot/kernel.ts";
 import { cannotBootLinuxReason } from "../src/hv/kvm/host.ts";
@@ -68,14 +69,7 @@ interface BootTimes {
 }
 
 function busybox(): Uint8Array {
-  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
-    try {
-      return Deno.readFileSync(p);
-    } catch {
-      // try the next one
-    }
-  }
-  throw new Error("Cannot find a static busybox at /bin or /usr/bin");
+  return Deno.readFileSync(requireStaticBusybox());
 }
 
 /** An initramfs whose /init is a busybox shell script. */

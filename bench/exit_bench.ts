@@ -68,6 +68,28 @@ async function initxRound(kvm: Kvm, path: "sink" | "handler"): Promise<number> {
   }
 }
 
+/** Milliseconds from `stop()` to the vCPU leaving a guest that spins (`jmp $`). */
+async function stopLatency(kvm: Kvm): Promise<number> {
+  const vm = kvm.createVm();
+  try {
+    vm.addMemory(0n, 0x10000n);
+    vm.memory.writeExact(0x1000n, new Uint8Array([0xeb, 0xfe]));
+    const vcpu = await vm.startVcpu(0, {
+      regs: { rip: 0x1000n },
+      sregs: { cs: seg(0xb), ds: seg(3), es: seg(3), ss: seg(3) },
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    const requestedAt = performance.timeOrigin + performance.now();
+    const outcome = await vcpu.stop();
+    if (outcome.kind !== "stopped") {
+      throw new Error(`Cannot stop the guest: ${outcome.kind}`);
+    }
+    return outcome.atMs - requestedAt;
+  } finally {
+    await vm.close();
+  }
+}
+
 async function cRound(binary: string, exits: number): Promise<number> {
   const out = await new Deno.Command(binary, {
     args: [String(exits)],
@@ -92,7 +114,9 @@ const kvm = Kvm.open();
 const c: number[] = [];
 const sink: number[] = [];
 const handler: number[] = [];
+const stops: number[] = [];
 for (let i = 0; i < ROUNDS; i++) {
+  stops.push(await stopLatency(kvm));
   sink.push(await initxRound(kvm, "sink"));
   handler.push(await initxRound(kvm, "handler"));
   // Size the C run to about the same window as the initx runs.
@@ -141,4 +165,10 @@ if (c.length > 0) {
 } else {
   console.log("C floor: not measured (no C compiler)");
 }
+const st = stats(stops);
+console.log(
+  `stop a spinning vCPU: min ${fmt(st.min)} / median ${fmt(st.median)} / max ${
+    fmt(st.max)
+  } ms (goal: under 100 ms)`,
+);
 console.log(`exit round trip: ${fmt(s.median)} us/exit`);

@@ -6,6 +6,7 @@
  */
 
 import { join } from "node:path";
+import { findStaticBusybox } from "../src/initx/busybox_guest.ts";
 
 /** Whether `name` is an executable on PATH. */
 export function which(name: string): string | undefined {
@@ -33,14 +34,6 @@ export const TEST_TOOLS: Record<string, string> = {
   "xz": "xz-utils",
 };
 
-/** Whether the busybox on PATH is Debian's static one (the lab copies it). */
-export function hasStaticBusybox(): boolean {
-  const p = which("busybox");
-  if (p === undefined) return false;
-  const head = new TextDecoder().decode(Deno.readFileSync(p).subarray(0, 4096));
-  return !head.includes("ld-linux");
-}
-
 /**
  * Installs the packages behind any missing command of `tools` (and
  * busybox-static when `busybox` is wanted), with one apt-get call.
@@ -54,7 +47,9 @@ export async function ensurePackages(
       [, pkg],
     ) => pkg),
   );
-  if ("busybox" in tools && !hasStaticBusybox()) missing.add("busybox-static");
+  if ("busybox" in tools && findStaticBusybox() === undefined) {
+    missing.add("busybox-static");
+  }
   if (missing.size === 0) return;
   const list = [...missing].join(" ");
   if (which("apt-get") === undefined) {

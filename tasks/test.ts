@@ -9,14 +9,15 @@
  *
  * `--kvm host|lab` (or `INITX_TEST_KVM`) forces where tiers 2 and 3 run;
  * `--filter TEXT` passes through to `deno test`. The last line is the total:
- * `total: N passed, N failed`.
+ * `total: N passed, N failed, N skipped` (skipped: ignored tests and those
+ * that `tests/_gate.ts` skipped for a missing tool or KVM, outside CI).
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { join, relative } from "node:path";
-import { PROJECT_ROOT, runInLab } from "./lab/lab.ts";
+import { PROJECT_ROOT, runInLab, SKIP_DIRS } from "./lab/lab.ts";
 import { ensurePackages, TEST_TOOLS } from "./_packages.ts";
 import { detectKvmHost } from "../src/hv/kvm/host.ts";
 
@@ -35,11 +36,9 @@ if (forced !== undefined && forced !== "host" && forced !== "lab") {
   Deno.exit(2);
 }
 
-const SKIP = new Set([".git", ".cache", "node_modules", ".dbg"]);
-
 async function findTests(dir: string, out: string[] = []): Promise<string[]> {
   for await (const e of Deno.readDir(dir)) {
-    if (SKIP.has(e.name)) continue;
+    if (SKIP_DIRS.has(e.name)) continue;
     const p = join(dir, e.name);
     if (e.isDirectory) await findTests(p, out);
     else if (e.isFile && e.name.endsWith("_test.ts")) {
@@ -66,22 +65,32 @@ console.error(
 );
 
 const SUMMARY =
-  /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/;
-const totals = { passed: 0, failed: 0, phasesFailed: [] as string[] };
+  /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \| (\d+) ignored)?/;
+/** What `need()` in tests/_gate.ts prints when it skips a test. */
+const SKIP_LINE = /^SKIPPED "/gm;
+const totals = {
+  passed: 0,
+  failed: 0,
+  skipped: 0,
+  phasesFailed: [] as string[],
+};
 const filterArgs = values.filter ? ["--filter", values.filter] : [];
+// Plain output: the summary is parsed, and a log reads better without colour.
+const testEnv = { NO_COLOR: "1" };
 
-function account(phase: string, text: string, code: number) {
-  // deno prints ANSI colours when it thinks it has a terminal.
-  const plain = text.replace(
-    new RegExp(String.fromCharCode(27) + "\\[[0-9;]*m", "g"),
-    "",
-  );
-  const m = [...plain.matchAll(new RegExp(SUMMARY, "g"))].at(-1);
+function account(phase: string, text: string, code: number, files: number) {
+  const m = [...text.matchAll(new RegExp(SUMMARY, "g"))].at(-1);
+  const skipped = [...text.matchAll(SKIP_LINE)].length;
   if (m) {
     totals.passed += Number(m[1]);
     totals.failed += Number(m[2]);
+    totals.skipped += Number(m[3] ?? 0) + skipped;
   }
-  if (code !== 0 || !m) totals.phasesFailed.push(phase);
+  // A phase with test files that ran none has not passed.
+  const ranNone = m !== undefined && Number(m[1]) === 0 && !values.filter;
+  if (code !== 0 || !m || (ranNone && files > 0)) {
+    totals.phasesFailed.push(phase);
+  }
 }
 
 async function onHost(phase: string, files: string[]) {
@@ -90,16 +99,26 @@ async function onHost(phase: string, files: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", ...filterArgs, ...files],
     cwd: PROJECT_ROOT,
+    env: testEnv,
     stdout: "piped",
-    stderr: "inherit",
+    stderr: "piped",
   }).spawn();
   let text = "";
-  const decoder = new TextDecoder();
-  for await (const chunk of child.stdout) {
-    Deno.stdout.writeSync(chunk);
-    text += decoder.decode(chunk, { stream: true });
-  }
-  account(phase, text, (await child.status).code);
+  const tee = async (
+    stream: ReadableStream<Uint8Array>,
+    to: typeof Deno.stdout,
+  ) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      to.writeSync(chunk);
+      text += decoder.decode(chunk, { stream: true });
+    }
+  };
+  await Promise.all([
+    tee(child.stdout, Deno.stdout),
+    tee(child.stderr, Deno.stderr),
+  ]);
+  account(phase, text, (await child.status).code, files.length);
 }
 
 async function inLab(phase: string, files: string[]) {
@@ -111,6 +130,7 @@ async function inLab(phase: string, files: string[]) {
     ["deno", "test", "-A", "--no-check", ...filterArgs, ...files],
     {
       cwd: PROJECT_ROOT,
+      env: testEnv,
       timeoutSeconds: 2400,
       output: (bytes) => {
         Deno.stdout.writeSync(bytes);
@@ -119,7 +139,7 @@ async function inLab(phase: string, files: string[]) {
     },
   );
   if (result.error) console.error(`tests: ${result.error}`);
-  account(phase, text, result.code);
+  account(phase, text, result.code, files.length);
 }
 
 await onHost("unit tests", unit);
@@ -129,14 +149,17 @@ else labFiles.push(...kvm);
 if (e2eWhere === "host") await onHost("end-to-end tests", e2e);
 else labFiles.push(...e2e);
 await inLab(
-  kvmWhere === "lab" && e2eWhere === "lab"
-    ? "hypervisor and end-to-end tests"
-    : "end-to-end tests",
+  [
+    kvmWhere === "lab" && kvm.length > 0 ? "hypervisor" : "",
+    e2eWhere === "lab" && e2e.length > 0 ? "end-to-end" : "",
+  ].filter((x) => x).join(" and ") + " tests",
   labFiles,
 );
 
 if (totals.phasesFailed.length > 0) {
   console.error(`tests: failed: ${totals.phasesFailed.join(", ")}`);
 }
-console.log(`total: ${totals.passed} passed, ${totals.failed} failed`);
+console.log(
+  `total: ${totals.passed} passed, ${totals.failed} failed, ${totals.skipped} skipped`,
+);
 Deno.exit(totals.phasesFailed.length > 0 ? 1 : 0);

@@ -6,19 +6,14 @@
  * @module
  */
 
+import { which } from "../tasks/_packages.ts";
+
 /** True when running under CI. */
 export const IN_CI = Deno.env.get("CI") === "true";
 
 /** Whether `name` is an executable on PATH. */
 export function hasTool(name: string): boolean {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    try {
-      if (Deno.statSync(`${dir}/${name}`).isFile) return true;
-    } catch {
-      // not here
-    }
-  }
-  return false;
+  return which(name) !== undefined;
 }
 
 /**

@@ -16,6 +16,7 @@ import { bootLinux, DEFAULT_MEMORY_MIB } from "../initx/linux_vm.ts";
 import {
   buildBusyboxInitramfs,
   busyboxApplets,
+  requireStaticBusybox,
 } from "../initx/busybox_guest.ts";
 import { DEFAULT_MARKER, EXIT_STATUS_PREFIX } from "../initx/init.ts";
 import { positiveInteger, positiveNumber, writeAll } from "./_args.ts";
@@ -39,8 +40,10 @@ Options:
 /** A kernel log line on the console (`printk.time` prefix). */
 const KERNEL_LOG_LINE = /^\[\s*\d+\.\d+\] /;
 
-/** Where a static busybox is looked for. */
-const BUSYBOX_PATHS = ["/bin/busybox", "/usr/bin/busybox"];
+/** Kernel log lines kept to show when a run goes wrong. */
+const KERNEL_LINES_KEPT = 40;
+/** Output held back while waiting for the end of its line. */
+const MAX_PENDING_CHARS = 4096;
 
 /** Options of {@linkcode runCommand}, for callers other than the CLI. */
 export interface RunCommandOptions {
@@ -48,22 +51,6 @@ export interface RunCommandOptions {
   out?: (bytes: Uint8Array) => void;
   /** Receives initx's own messages, one line each (default: stderr). */
   err?: (line: string) => void;
-}
-
-function staticBusybox(): string {
-  for (const p of BUSYBOX_PATHS) {
-    let bytes: Uint8Array;
-    try {
-      bytes = Deno.readFileSync(p);
-    } catch {
-      continue;
-    }
-    const head = new TextDecoder().decode(bytes.subarray(0, 4096));
-    if (!head.includes("ld-linux")) return p;
-  }
-  throw new Error(
-    "Cannot build the busybox image: no static busybox in /bin or /usr/bin; install it with `apt-get install busybox-static`",
-  );
 }
 
 /**
@@ -135,7 +122,7 @@ export async function runCommand(
     const kernel = values.kernel ?? (await ensureKernel({
       onProgress: (line) => err(`initx run: ${line}`),
     })).image;
-    const busybox = staticBusybox();
+    const busybox = requireStaticBusybox();
     const initrd = buildBusyboxInitramfs({
       busybox: await Deno.readFile(busybox),
       applets: await busyboxApplets(busybox),
@@ -152,17 +139,28 @@ export async function runCommand(
     const onConsole = (bytes: Uint8Array) => {
       pending += decoder.decode(bytes, { stream: true });
       let nl: number;
+      if (pending.length > MAX_PENDING_CHARS && !pending.includes("\n")) {
+        // A guest that never ends its line still gets its output shown.
+        out(encoder.encode(pending));
+        pending = "";
+      }
       while ((nl = pending.indexOf("\n")) >= 0) {
         const line = pending.slice(0, nl + 1);
         pending = pending.slice(nl + 1);
         const bare = line.replace(/\r?\n$/, "");
         if (bare === DEFAULT_MARKER) continue;
-        if (bare.startsWith(EXIT_STATUS_PREFIX)) {
-          status = Number(bare.slice(EXIT_STATUS_PREFIX.length));
+        // The init prints the status last; a command that prints a line
+        // like it can only fake its own status, which it controls anyway.
+        const statusText = bare.startsWith(EXIT_STATUS_PREFIX)
+          ? bare.slice(EXIT_STATUS_PREFIX.length)
+          : undefined;
+        if (statusText !== undefined && /^\d{1,3}$/.test(statusText)) {
+          status = Number(statusText);
           continue;
         }
         if (KERNEL_LOG_LINE.test(bare)) {
           kernelLines.push(bare);
+          if (kernelLines.length > KERNEL_LINES_KEPT) kernelLines.shift();
           continue;
         }
         out(encoder.encode(line.replace(/\r\n$/, "\n")));
@@ -180,7 +178,7 @@ export async function runCommand(
     if (result.outcome.kind === "power-off" && status !== undefined) {
       return status;
     }
-    for (const line of kernelLines.slice(-40)) err(line);
+    for (const line of kernelLines) err(line);
     err(
       `initx run: ${
         status === undefined ? "the command did not finish: " : ""

@@ -81,7 +81,7 @@ export class GuestMemory {
 
   /** The regions, lowest first. */
   get regions(): readonly MemoryRegion[] {
-    return this.#regions;
+    return this.#regions.map((r) => ({ base: r.base, bytes: r.bytes }));
   }
 
   /** Total bytes of guest RAM. */
@@ -128,15 +128,21 @@ export class GuestMemory {
     return n;
   }
 
-  /** Fills `dst` from guest `addr`, or throws. */
+  /** Fills `dst` from guest `addr`, or throws without reading anything. */
   readExact(addr: bigint, dst: Uint8Array): void {
-    const n = this.read(addr, dst);
-    if (n !== dst.byteLength) {
-      throw new GuestMemoryError("read", addr, dst.byteLength, n);
+    const s = this.slice(addr, dst.byteLength);
+    if (s === undefined) {
+      throw new GuestMemoryError(
+        "read",
+        addr,
+        dst.byteLength,
+        this.#available(addr, dst.byteLength),
+      );
     }
+    dst.set(s);
   }
 
-  /** Writes all of `src` at guest `addr`, or throws. */
+  /** Writes all of `src` at guest `addr`, or throws without writing anything. */
   writeExact(addr: bigint, src: Uint8Array): void {
     const s = this.slice(addr, src.byteLength);
     if (s === undefined) {
@@ -144,10 +150,18 @@ export class GuestMemory {
         "write",
         addr,
         src.byteLength,
-        this.write(addr, new Uint8Array(0)),
+        this.#available(addr, src.byteLength),
       );
     }
     s.set(src);
+  }
+
+  /** How many of `len` bytes from `addr` lie in one region. */
+  #available(addr: bigint, len: number): number {
+    const r = this.#find(addr);
+    if (r === undefined) return 0;
+    const left = r.end - addr;
+    return left < BigInt(len) ? Number(left) : len;
   }
 
   #at(addr: bigint, width: number, action: string) {

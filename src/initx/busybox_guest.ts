@@ -99,3 +99,37 @@ export async function busyboxApplets(busyboxPath: string): Promise<string[]> {
   }
   return new TextDecoder().decode(out.stdout).split("\n").filter((a) => a);
 }
+
+/** Where a static busybox is looked for. */
+const BUSYBOX_PATHS = ["/bin/busybox", "/usr/bin/busybox"];
+
+/**
+ * The path of a static busybox on this host (Debian's `busybox-static`), or
+ * undefined. A dynamically linked one would not run in the guest.
+ */
+export function findStaticBusybox(): string | undefined {
+  for (const p of BUSYBOX_PATHS) {
+    let head: Uint8Array;
+    try {
+      using file = Deno.openSync(p);
+      head = new Uint8Array(4096);
+      head = head.subarray(0, file.readSync(head) ?? 0);
+    } catch {
+      continue;
+    }
+    // A dynamic ELF names its loader (PT_INTERP) near the start.
+    if (!new TextDecoder().decode(head).includes("ld-linux")) return p;
+  }
+  return undefined;
+}
+
+/** {@linkcode findStaticBusybox}, or a clear error saying how to get one. */
+export function requireStaticBusybox(): string {
+  const p = findStaticBusybox();
+  if (p === undefined) {
+    throw new Error(
+      "Cannot build the busybox image: no static busybox in /bin or /usr/bin; install it with `apt-get install busybox-static`",
+    );
+  }
+  return p;
+}

@@ -1,3 +1,4 @@
+import { need } from "../../tests/_gate.ts";
 /**
  * The init program: its ELF and its steps, and (as root, with `unshare`)
  * whole runs as PID 1 of a fresh PID and mount namespace, where powering
@@ -129,11 +130,6 @@ function canUnshare(): boolean {
 }
 
 const unshareAvailable = canUnshare();
-if (!unshareAvailable) {
-  console.warn(
-    "\n!!! SKIPPING init runs as PID 1: they need root and /usr/bin/unshare\n",
-  );
-}
 
 /**
  * Run an init as PID 1 of new PID and mount namespaces. The shell refuses
@@ -180,8 +176,14 @@ const CONSOLE = "/proc/self/fd/1";
 
 Deno.test({
   name: "init runs the command as PID 1, prints its status and powers off",
-  ignore: !unshareAvailable,
-  fn: async () => {
+  fn: async (t) => {
+    if (
+      !need(
+        t,
+        unshareAvailable,
+        "running an init as PID 1 needs root and /usr/bin/unshare",
+      )
+    ) return;
     for (const arch of ARCHES) {
       const result = await runAsPid1({
         console: CONSOLE,
@@ -209,8 +211,14 @@ Deno.test({
 
 Deno.test({
   name: "init runs an embedded IR program as PID 1",
-  ignore: !unshareAvailable,
-  fn: async () => {
+  fn: async (t) => {
+    if (
+      !need(
+        t,
+        unshareAvailable,
+        "running an init as PID 1 needs root and /usr/bin/unshare",
+      )
+    ) return;
     const payload = new ProgramBuilder();
     payload.method("main", (m) => {
       const [argc] = m.params("argc");
@@ -234,8 +242,14 @@ Deno.test({
 
 Deno.test({
   name: "init names the failed step and errno, then powers off or panics",
-  ignore: !unshareAvailable,
-  fn: async () => {
+  fn: async (t) => {
+    if (
+      !need(
+        t,
+        unshareAvailable,
+        "running an init as PID 1 needs root and /usr/bin/unshare",
+      )
+    ) return;
     for (const arch of ARCHES) {
       const config = { console: "/nonexistent/console", run: RUN };
       const powered = await runAsPid1(config, arch);

@@ -57,6 +57,8 @@ export const PANIC_GRACE_MS = 2000;
 export const CONSOLE_TAIL_CHARS = 16384;
 /** Console text kept with a panic outcome, in characters. */
 const PANIC_TAIL_CHARS = 4096;
+/** The longest timeout a timer can wait (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 /** Console output is passed on at each newline or after this delay. */
 const CONSOLE_FLUSH_MS = 5;
 /** Printed by Linux when it panics. */
@@ -201,6 +203,15 @@ export class LinuxVm {
         `Cannot boot Linux: memory of ${memoryMiB} MiB is not an integer of at least 16`,
       );
     }
+    const timeoutMs = options.timeoutMs;
+    if (
+      timeoutMs !== undefined &&
+      !(timeoutMs > 0 && timeoutMs <= MAX_TIMEOUT_MS)
+    ) {
+      throw new RangeError(
+        `Cannot boot Linux: timeout of ${timeoutMs} ms is not between 0 and ${MAX_TIMEOUT_MS} ms`,
+      );
+    }
     const memoryBytes = BigInt(memoryMiB) * MIB;
     const windows = Array.from(
       { length: options.virtioMmioWindows ?? 0 },
@@ -240,6 +251,8 @@ export class LinuxVm {
       const sinkPorts = [POST_CODE_PORT];
       // The other vCPUs first: they wait for the SIPI that vCPU 0 sends.
       for (let id = cpus - 1; id >= 0; id--) {
+        // A vCPU that already failed ended the run: start no more.
+        if (linux.#ended) break;
         if (id === 0) linux.#startedAt = performance.now();
         const vcpu = await vm.startVcpu(
           id,
@@ -259,7 +272,7 @@ export class LinuxVm {
       await linux.close();
       throw e;
     }
-    if (options.timeoutMs !== undefined) {
+    if (options.timeoutMs !== undefined && !linux.#ended) {
       linux.#timeoutTimer = setTimeout(
         () => linux.#end({ kind: "timeout" }),
         options.timeoutMs,

@@ -21,9 +21,14 @@ import { createHash } from "node:crypto";
 import { ensureLabKernel, type LabKernel } from "./kernel.ts";
 import { ensurePackages, which } from "../_packages.ts";
 import { resolveModules } from "../../src/boot/modules.ts";
+import { requireStaticBusybox } from "../../src/initx/busybox_guest.ts";
 
-/** Marker the lab's init prints before the command's exit status. */
-export const EXIT_MARKER = "@@initx-lab-exit@@";
+/**
+ * Start of the marker lines the lab's init prints (command start, files out,
+ * exit status); each run adds a random nonce so that the command's own
+ * output cannot be mistaken for them.
+ */
+const MARKER_PREFIX = "@@initx-lab@@";
 
 /** Modules, in load order, that give the lab a `/dev/kvm`. */
 const KVM_MODULES = [
@@ -166,16 +171,16 @@ for m in /lab/modules/*.ko; do insmod "$m" || echo "lab: insmod $m failed"; done
 ip link set lo up 2>/dev/null
 . /lab/env.sh
 cd "$LAB_CWD"
-echo "${EXIT_MARKER}start"
+echo "$LAB_MARKER"start
 # Through a pipe, so that the command sees no terminal (no progress redraws).
 { sh /lab/cmd.sh </dev/null; echo $? > /tmp/.lab-code; } 2>&1 | cat
 code=$(cat /tmp/.lab-code)
 if [ -n "$(ls -A /out 2>/dev/null)" ]; then
-  echo "${EXIT_MARKER}out-begin"
+  echo "$LAB_MARKER"out-begin
   tar -C /out -c . | gzip | base64
-  echo "${EXIT_MARKER}out-end"
+  echo "$LAB_MARKER"out-end
 fi
-echo "${EXIT_MARKER}$code"
+echo "$LAB_MARKER"status-"$code"
 poweroff -f
 `;
 
@@ -205,7 +210,7 @@ export async function ensureBaseInitramfs(
 ): Promise<string> {
   const deno = Deno.execPath();
   const qemu = which("qemu-system-x86_64")!;
-  const busybox = which("busybox")!;
+  const busybox = requireStaticBusybox();
   const key = hashOf([
     LAB_INIT,
     ...GUEST_MODULES,
@@ -279,7 +284,13 @@ export async function ensureBaseInitramfs(
   return path;
 }
 
-const SKIP_DIRS = new Set([".git", ".cache", "node_modules"]);
+/** Folders of the tree that are never copied into the lab nor searched for tests. */
+export const SKIP_DIRS: ReadonlySet<string> = new Set([
+  ".git",
+  ".cache",
+  ".dbg",
+  "node_modules",
+]);
 
 async function copyTree(src: string, dest: string): Promise<void> {
   await Deno.mkdir(dest, { recursive: true });
@@ -349,10 +360,13 @@ export async function runInLab(
       LAB_CWD: cwd,
     });
     await Deno.mkdir(join(overlay, "lab"), { recursive: true });
+    const marker = `${MARKER_PREFIX}${crypto.randomUUID()}@@`;
     await Deno.writeTextFile(
       join(overlay, "lab/env.sh"),
       Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}\n`)
-        .join("") + `date -s @${Math.floor(Date.now() / 1000)} >/dev/null\n`,
+        .join("") +
+        `LAB_MARKER=${shellQuote(marker)}\n` +
+        `date -s @${Math.floor(Date.now() / 1000)} >/dev/null\n`,
     );
     await Deno.writeTextFile(
       join(overlay, "lab/cmd.sh"),
@@ -421,12 +435,13 @@ export async function runInLab(
     const handleLine = (line: string) => {
       const clean = line.replace(/\r$/, "");
       if (code !== undefined) return; // the lab's own shutdown messages
-      if (clean.startsWith(EXIT_MARKER)) {
-        const rest = clean.slice(EXIT_MARKER.length);
+      if (clean.startsWith(marker)) {
+        const rest = clean.slice(marker.length);
         if (rest === "start") startMs = performance.now() - t0;
         else if (rest === "out-begin") outBase64 = [];
         else if (rest === "out-end") outFiles = outBase64?.join("");
-        else code = Number(rest);
+        else if (/^status-\d+$/.test(rest)) code = Number(rest.slice(7));
+        else code = 125; // a marker line the init never prints
         return;
       }
       if (outBase64 && outFiles === undefined) {

@@ -15,7 +15,10 @@ import {
   setResolvConf,
 } from "../../src/initx/fragments.ts";
 import { buildInitElf, EXIT_STATUS_PREFIX } from "../../src/initx/init.ts";
-import { busyboxApplets } from "../../src/initx/busybox_guest.ts";
+import {
+  busyboxApplets,
+  findStaticBusybox,
+} from "../../src/initx/busybox_guest.ts";
 import { CpioWriter } from "../../src/boot/cpio.ts";
 import { bootLinux } from "../../src/initx/linux_vm.ts";
 import { ensureKernel } from "../../src/boot/kernel.ts";
@@ -35,13 +38,7 @@ const REPORT = [
 Deno.test("fragment helpers set hostname, loopback, mounts, clock and /etc files in a guest", async (t) => {
   const why = cannotBootLinuxReason();
   if (!need(t, why === undefined, why ?? "")) return;
-  const busybox = ["/bin/busybox", "/usr/bin/busybox"].find((p) => {
-    try {
-      return Deno.statSync(p).isFile;
-    } catch {
-      return false;
-    }
-  });
+  const busybox = findStaticBusybox();
   if (
     !need(t, busybox !== undefined, "busybox (busybox-static) is not installed")
   ) return;

@@ -6,6 +6,7 @@ import { bootLinux } from "../../src/initx/linux_vm.ts";
 import {
   buildBusyboxInitramfs,
   busyboxApplets,
+  findStaticBusybox,
   loadInitModules,
 } from "../../src/initx/busybox_guest.ts";
 import { DEFAULT_MARKER, EXIT_STATUS_PREFIX } from "../../src/initx/init.ts";
@@ -22,21 +23,10 @@ async function defaultKernel(): Promise<{ image: string; modules: string }> {
   return { image: k.image, modules: k.modules };
 }
 
-function findBusybox(): string | undefined {
-  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
-    try {
-      if (Deno.statSync(p).isFile) return p;
-    } catch {
-      // next
-    }
-  }
-  return undefined;
-}
-
 Deno.test("the IR init boots the default kernel, loads modules, runs a command and powers off", async (t) => {
   const why = cannotBootLinuxReason();
   if (!need(t, why === undefined, why ?? "")) return;
-  const busybox = findBusybox();
+  const busybox = findStaticBusybox();
   if (
     !need(t, busybox !== undefined, "busybox (busybox-static) is not installed")
   ) return;

@@ -3,22 +3,12 @@
 // busybox initramfs and reaches its init.
 import { ok } from "node:assert/strict";
 import { CpioWriter } from "../../src/boot/cpio.ts";
+import { findStaticBusybox } from "../../src/initx/busybox_guest.ts";
 import { ensureKernel } from "../../src/boot/kernel.ts";
 import { hasTool, need, needKvm } from "../_gate.ts";
 
 async function defaultKernel(): Promise<string> {
   return Deno.env.get("INITX_LAB_KERNEL") ?? (await ensureKernel()).image;
-}
-
-function busyboxPath(): string | undefined {
-  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
-    try {
-      if (Deno.statSync(p).isFile) return p;
-    } catch {
-      // try the next
-    }
-  }
-  return undefined;
 }
 
 Deno.test("QEMU microvm with KVM boots the default kernel to a busybox init", async (t) => {
@@ -28,7 +18,7 @@ Deno.test("QEMU microvm with KVM boots the default kernel to a busybox init", as
   if (
     !need(t, hasTool("qemu-system-x86_64"), "qemu-system-x86_64 is the peer")
   ) return;
-  const busybox = busyboxPath();
+  const busybox = findStaticBusybox();
   if (!need(t, busybox !== undefined, "busybox is not installed")) return;
   const dir = await Deno.makeTempDir({ prefix: "initx-peer-" });
   try {

@@ -111,6 +111,7 @@ export class Kvm implements Hypervisor {
   /** Creates a VM (`KVM_CREATE_VM`). */
   createVm(options: { irqchip?: boolean } = {}): KvmVm {
     const c = libc();
+    const cpuid = this.supportedCpuid();
     let fd: number;
     try {
       fd = c.ioctl(this.#fd, KVM.CREATE_VM, 0, "KVM_CREATE_VM");
@@ -126,7 +127,7 @@ export class Kvm implements Hypervisor {
     return new KvmVm(fd, {
       irqchip: options.irqchip,
       mmapSize: this.#mmapSize,
-      cpuid: this.supportedCpuid(),
+      cpuid,
     });
   }
 

@@ -47,6 +47,8 @@ export class KvmVcpu implements HvVcpu {
   #runBytes: Uint8Array | undefined;
   #handlerError: string | undefined;
   #finished = false;
+  #runPtr: Deno.PointerObject | undefined;
+  #vcpuFd = -1;
   #mmapSize: number;
 
   private constructor(
@@ -93,6 +95,7 @@ export class KvmVcpu implements HvVcpu {
         worker.terminate();
         releaseSignal();
         vcpu.#finished = true;
+        vcpu.#release();
         if (vcpu.#handlerError !== undefined) {
           return { kind: "error", message: vcpu.#handlerError } as VcpuOutcome;
         }
@@ -101,7 +104,7 @@ export class KvmVcpu implements HvVcpu {
       worker.onmessage = (e: MessageEvent<WorkerReply>) => {
         const msg = e.data;
         if (msg.type === "ready") {
-          vcpu.#attach(msg.tid, msg.runAddress);
+          vcpu.#attach(msg.tid, msg.runAddress, msg.vcpuFd);
           resolveReady(vcpu);
         } else {
           resolveOutcome(msg.outcome);
@@ -129,13 +132,26 @@ export class KvmVcpu implements HvVcpu {
     });
   }
 
-  #attach(tid: number, runAddress: bigint): void {
+  #attach(tid: number, runAddress: bigint, vcpuFd: number): void {
     this.#tid = tid;
     const ptr = Deno.UnsafePointer.create(runAddress)!;
+    this.#runPtr = ptr;
+    this.#vcpuFd = vcpuFd;
     const buf = Deno.UnsafePointerView.getArrayBuffer(ptr, this.#mmapSize);
     this.#run = new DataView(buf);
     this.#runBytes = new Uint8Array(buf);
     void this.#serve();
+  }
+
+  /** Unmaps `kvm_run` and closes the vCPU fd once the Worker has ended. */
+  #release(): void {
+    const c = libc();
+    this.#run = undefined;
+    this.#runBytes = undefined;
+    if (this.#runPtr !== undefined) c.munmap(this.#runPtr, this.#mmapSize);
+    if (this.#vcpuFd >= 0) c.close(this.#vcpuFd);
+    this.#runPtr = undefined;
+    this.#vcpuFd = -1;
   }
 
   /** Exits seen so far. */
@@ -202,9 +218,12 @@ export class KvmVcpu implements HvVcpu {
       );
       // data_offset points inside the vCPU's mmap area; a hostile value must
       // not make us read outside the part we mapped.
-      if (offset + size * count > bytes.byteLength || size > 4) {
+      if (
+        (size !== 1 && size !== 2 && size !== 4) ||
+        offset + size * count > bytes.byteLength
+      ) {
         throw new Error(
-          `port I/O exit data lies outside the vCPU's mapping (offset ${offset}, ${count} x ${size} bytes)`,
+          `port I/O exit is malformed: ${count} x ${size} bytes at offset ${offset} of the vCPU's mapping`,
         );
       }
       for (let i = 0; i < count; i++) {

@@ -53,5 +53,5 @@ export interface WorkerStart {
 
 /** Messages from the worker. */
 export type WorkerReply =
-  | { type: "ready"; tid: number; runAddress: bigint }
+  | { type: "ready"; tid: number; runAddress: bigint; vcpuFd: number }
   | { type: "outcome"; outcome: VcpuOutcome };

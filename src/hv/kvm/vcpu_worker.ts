@@ -47,6 +47,7 @@ function start(msg: WorkerStart): void {
   let vcpuFd = -1;
   let runPtr: Deno.PointerObject | null = null;
   let outcome: VcpuOutcome;
+  let ready = false;
   try {
     vcpuFd = c.ioctl(msg.vmFd, KVM.CREATE_VCPU, msg.id, "KVM_CREATE_VCPU");
     runPtr = c.mmap(msg.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, vcpuFd);
@@ -64,7 +65,9 @@ function start(msg: WorkerStart): void {
       type: "ready",
       tid: c.gettid(),
       runAddress: Deno.UnsafePointer.value(runPtr),
+      vcpuFd,
     });
+    ready = true;
     outcome = runLoop(vcpuFd, runPtr, ctl, new Set(msg.sinkPorts));
   } catch (e) {
     outcome = {
@@ -72,8 +75,12 @@ function start(msg: WorkerStart): void {
       message: e instanceof Error ? e.message : String(e),
     };
   }
-  if (runPtr !== null) c.munmap(runPtr, msg.mmapSize);
-  if (vcpuFd >= 0) c.close(vcpuFd);
+  // Once "ready" is out, the owner holds views of kvm_run and may still poke
+  // `immediate_exit`: it unmaps and closes after the outcome, not this thread.
+  if (!ready) {
+    if (runPtr !== null) c.munmap(runPtr, msg.mmapSize);
+    if (vcpuFd >= 0) c.close(vcpuFd);
+  }
   Atomics.store(ctl, Ctl.State, CtlState.Done);
   Atomics.notify(ctl, Ctl.State);
   post({ type: "outcome", outcome });

@@ -47,6 +47,7 @@ export class KvmVm implements HvVm {
   #slots: { ptr: Deno.PointerObject; size: bigint }[] = [];
   #memory = new GuestMemory([]);
   #vcpus: KvmVcpu[] = [];
+  #starting = new Set<Promise<KvmVcpu>>();
   #closed = false;
 
   /** Takes ownership of the VM fd `fd`. */
@@ -133,11 +134,23 @@ export class KvmVm implements HvVm {
   /** Starts vCPU `id` in its own Worker. */
   async startVcpu(id: number, init: VcpuInit): Promise<HvVcpu> {
     this.#checkOpen();
-    const vcpu = await KvmVcpu.start(this.#fd, id, {
+    const starting = KvmVcpu.start(this.#fd, id, {
       mmapSize: this.#options.mmapSize,
       cpuid: this.#options.cpuid,
       init,
     });
+    this.#starting.add(starting);
+    let vcpu: KvmVcpu;
+    try {
+      vcpu = await starting;
+    } finally {
+      this.#starting.delete(starting);
+    }
+    if (this.#closed) {
+      // close() ran while this vCPU was starting: it must not outlive the VM.
+      await vcpu.stop();
+      throw new Error("Cannot start the vCPU: the VM was closed meanwhile");
+    }
     this.#vcpus.push(vcpu);
     return vcpu;
   }
@@ -159,6 +172,10 @@ export class KvmVm implements HvVm {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    const starting = await Promise.allSettled([...this.#starting]);
+    for (const s of starting) {
+      if (s.status === "fulfilled") await s.value.stop();
+    }
     await Promise.all(this.#vcpus.map((v) => v.stop()));
     const c = libc();
     for (const s of this.#slots) c.munmap(s.ptr, s.size);
