@@ -258,7 +258,10 @@ export class Serial {
         return;
       case IIR_FCR:
         this.#fifoEnabled = (byte & FCR_ENABLE_FIFO) !== 0;
-        if (byte & FCR_CLEAR_RX) this.#input.length = 0;
+        if ((byte & FCR_CLEAR_RX) && this.#input.length > 0) {
+          this.#input.length = 0;
+          this.#events.inputDrained?.();
+        }
         return;
       case LCR:
         this.#lcr = byte;

@@ -89,6 +89,15 @@ export class GuestMemory {
     return this.#regions.reduce((n, r) => n + (r.end - r.base), 0n);
   }
 
+  /**
+   * Cuts this object off from the host memory behind it (the VM unmapped
+   * it): every later access fails as outside guest RAM instead of touching
+   * unmapped memory.
+   */
+  revoke(): void {
+    this.#regions = [];
+  }
+
   #find(addr: bigint) {
     for (const r of this.#regions) {
       if (addr >= r.base && addr < r.end) return r;

@@ -68,3 +68,11 @@ Deno.test("GuestMemory rejects accesses outside RAM, across regions and overlapp
     /regions overlap/,
   );
 });
+
+Deno.test("GuestMemory.revoke() turns every later access into an error", () => {
+  const mem = twoRegions();
+  mem.revoke();
+  throws(() => mem.getU8(0n), GuestMemoryError);
+  equal(mem.slice(0n, 1), undefined);
+  equal(mem.size, 0n);
+});

@@ -48,6 +48,7 @@ const GUEST_MODULES = [
   "virtiofs",
   "virtio_net",
   "virtio_blk",
+  "binfmt_misc",
 ];
 
 /** Guest memory of the lab in MiB; nested guests take theirs from it. */

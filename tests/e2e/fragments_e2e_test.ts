@@ -4,20 +4,29 @@
 import { equal, ok } from "node:assert/strict";
 import { ProgramBuilder } from "../../src/ir/mod.ts";
 import {
+  addDefaultRoute,
+  chroot,
+  configureInterface,
   configureLoopback,
   Errno,
   forkExecWait,
+  getInterfaceIndex,
   mkdir,
+  mknod,
   mount,
+  mountBinfmtMisc,
+  registerBinfmt,
   setClock,
   setHostname,
   setHosts,
   setResolvConf,
+  writeBinaryFile,
 } from "../../src/initx/fragments.ts";
 import { buildInitElf, EXIT_STATUS_PREFIX } from "../../src/initx/init.ts";
 import {
   busyboxApplets,
   findStaticBusybox,
+  loadInitModules,
 } from "../../src/initx/busybox_guest.ts";
 import { CpioWriter } from "../../src/boot/cpio.ts";
 import { bootLinux } from "../../src/initx/linux_vm.ts";
@@ -98,4 +107,115 @@ Deno.test("fragment helpers set hostname, loopback, mounts, clock and /etc files
   }
   const clock = Number(text.match(/clock=(\d+)/)?.[1]);
   ok(clock >= CLOCK && clock < CLOCK + 600, `clock=${clock}`);
+});
+
+Deno.test("fragment helpers for containers: interface index and address, route, mknod, binfmt_misc, chroot", async (t) => {
+  const why = cannotBootLinuxReason();
+  if (!need(t, why === undefined, why ?? "")) return;
+  const busybox = findStaticBusybox();
+  if (
+    !need(t, busybox !== undefined, "busybox (busybox-static) is not installed")
+  ) return;
+  const kernel = await ensureKernel();
+  if (!kernel.modules) {
+    throw new Error(`Kernel ${kernel.version} has no modules`);
+  }
+
+  const p = new ProgramBuilder();
+  p.method("main", (m) => {
+    const errno = m.var("errno");
+    const step = m.var("step");
+    const onError = { errno, goto: "fail", step };
+    const index = getInterfaceIndex(m, { name: "lo", onError });
+    m.printf("loindex=%d\n", [index]);
+    configureInterface(m, {
+      name: "lo",
+      address: "127.0.0.1",
+      prefixLength: 8,
+      onError,
+    });
+    addDefaultRoute(m, { gateway: "127.0.0.1", device: "lo", onError });
+    mknod(m, {
+      path: "/dev/initx-null",
+      type: "char",
+      major: 1,
+      minor: 3,
+      mode: 0o666,
+      onError,
+    });
+    mountBinfmtMisc(m, { onError });
+    registerBinfmt(m, {
+      rule: {
+        name: "initx",
+        magic: new TextEncoder().encode("#!initx"),
+        interpreter: "/bin/sh",
+      },
+      onError,
+    });
+    writeBinaryFile(m, {
+      path: "/tmp/hello.initx",
+      bytes: new TextEncoder().encode("#!initx\necho binfmt=ok\n"),
+      mode: 0o755,
+      onError,
+    });
+    const report = [
+      "[ -c /dev/initx-null ] && echo mknod=$(stat -c %t,%T /dev/initx-null)",
+      "ip route | grep -q '^default via 127.0.0.1 dev lo' && echo route=ok",
+      "/tmp/hello.initx",
+    ].join("; ");
+    forkExecWait(m, {
+      path: "/bin/busybox",
+      argv: ["sh", "-c", report],
+      onError,
+    });
+    mkdir(m, { path: "/newroot", ignore: [Errno.EEXIST], onError });
+    mount(m, { source: "tmpfs", target: "/newroot", fstype: "tmpfs", onError });
+    forkExecWait(m, {
+      path: "/bin/busybox",
+      argv: ["cp", "/bin/busybox", "/newroot/busybox"],
+      onError,
+    });
+    chroot(m, { path: "/newroot", onError });
+    const status = forkExecWait(m, {
+      path: "/busybox",
+      argv: ["sh", "-c", "echo chroot=$(/busybox ls /)"],
+      onError,
+    });
+    m.return(status);
+    m.label("fail");
+    m.printf("step failed: %s: errno %d\n", [step, errno]);
+    m.return(99);
+  });
+  const cpio = new CpioWriter();
+  const modules = await loadInitModules(kernel.modules, ["binfmt_misc"]);
+  cpio.file(
+    "init",
+    buildInitElf({ program: p.build(), modules }, { arch: "x86_64" }),
+    { mode: 0o755 },
+  );
+  cpio.file("bin/busybox", await Deno.readFile(busybox!), { mode: 0o755 });
+  for (const a of await busyboxApplets(busybox!)) {
+    if (a !== "busybox") cpio.symlink(`bin/${a}`, "busybox");
+  }
+  cpio.dir("tmp");
+  const result = await bootLinux({
+    kernel: kernel.image,
+    initrd: cpio.bytes(),
+    memoryMiB: 256,
+    timeoutMs: 120_000,
+  });
+  const text = result.console.replaceAll("\r", "");
+  equal(result.outcome.kind, "power-off", text.slice(-3000));
+  for (
+    const want of [
+      "loindex=1",
+      "mknod=1,3",
+      "route=ok",
+      "binfmt=ok",
+      "chroot=busybox",
+      `${EXIT_STATUS_PREFIX}0`,
+    ]
+  ) {
+    ok(text.includes(want), `missing "${want}" in:\n${text.slice(-3000)}`);
+  }
 });

@@ -46,6 +46,8 @@ export class KvmVm implements HvVm {
   #options: KvmVmOptions;
   #slots: { ptr: Deno.PointerObject; size: bigint }[] = [];
   #memory = new GuestMemory([]);
+  /** Every memory object handed out, cut off from RAM when the VM closes. */
+  #memories: GuestMemory[] = [];
   #vcpus: KvmVcpu[] = [];
   #starting = new Set<Promise<KvmVcpu>>();
   #closed = false;
@@ -129,6 +131,7 @@ export class KvmVm implements HvVm {
       Deno.UnsafePointerView.getArrayBuffer(ptr, Number(size)),
     );
     this.#memory = new GuestMemory([...this.#memory.regions, { base, bytes }]);
+    this.#memories.push(this.#memory);
   }
 
   /** Starts vCPU `id` in its own Worker. */
@@ -178,9 +181,9 @@ export class KvmVm implements HvVm {
     }
     await Promise.all(this.#vcpus.map((v) => v.stop()));
     const c = libc();
+    for (const m of this.#memories) m.revoke();
     for (const s of this.#slots) c.munmap(s.ptr, s.size);
     this.#slots = [];
-    this.#memory = new GuestMemory([]);
     c.close(this.#fd);
   }
 
