@@ -1,8 +1,13 @@
 // Fragment helpers that only make sense inside a Linux guest (hostname,
-// loopback, mounts, clock, /etc files), run by initx's init as an embedded IR
-// program on the default kernel; a busybox child reports what it sees.
+// loopback, mounts, clock, /etc files, routes, device nodes, binfmt_misc,
+// chroot), run by initx's init as an embedded IR program on the default
+// kernel; a busybox child reports what it sees.
 import { equal, ok } from "node:assert/strict";
-import { ProgramBuilder } from "../../src/ir/mod.ts";
+import {
+  type MethodBuilder,
+  ProgramBuilder,
+  type Var,
+} from "../../src/ir/mod.ts";
 import {
   addDefaultRoute,
   chroot,
@@ -34,6 +39,76 @@ import { ensureKernel } from "../../src/boot/kernel.ts";
 import { cannotBootLinuxReason } from "../../src/hv/kvm/host.ts";
 import { need } from "../_gate.ts";
 
+/** The error handling every step of a guest program shares. */
+interface OnError {
+  errno: Var;
+  goto: string;
+  step: Var;
+}
+
+/**
+ * Boots the default kernel with an init that loads `modules` and runs the
+ * program `body` builds (its result is the exit status), and returns the
+ * console once the guest has powered off; undefined when this host cannot
+ * boot Linux (outside CI).
+ */
+async function bootProgram(
+  t: Deno.TestContext,
+  body: (m: MethodBuilder, onError: OnError) => Var,
+  modules: string[] = [],
+): Promise<string | undefined> {
+  const why = cannotBootLinuxReason();
+  if (!need(t, why === undefined, why ?? "")) return undefined;
+  const busybox = findStaticBusybox();
+  if (
+    !need(t, busybox !== undefined, "busybox (busybox-static) is not installed")
+  ) return undefined;
+  const kernel = await ensureKernel();
+  if (modules.length > 0 && !kernel.modules) {
+    throw new Error(`Kernel ${kernel.version} has no modules`);
+  }
+  const p = new ProgramBuilder();
+  p.method("main", (m) => {
+    const onError = {
+      errno: m.var("errno"),
+      goto: "fail",
+      step: m.var("step"),
+    };
+    m.return(body(m, onError));
+    m.label("fail");
+    m.printf("step failed: %s: errno %d\n", [onError.step, onError.errno]);
+    m.return(99);
+  });
+  const init = buildInitElf({
+    program: p.build(),
+    modules: modules.length > 0
+      ? await loadInitModules(kernel.modules!, modules)
+      : [],
+  }, { arch: "x86_64" });
+  const cpio = new CpioWriter();
+  cpio.file("init", init, { mode: 0o755 });
+  cpio.file("bin/busybox", await Deno.readFile(busybox!), { mode: 0o755 });
+  for (const a of await busyboxApplets(busybox!)) {
+    if (a !== "busybox") cpio.symlink(`bin/${a}`, "busybox");
+  }
+  cpio.dir("tmp");
+  const result = await bootLinux({
+    kernel: kernel.image,
+    initrd: cpio.bytes(),
+    memoryMiB: 256,
+    timeoutMs: 120_000,
+  });
+  const text = result.console.replaceAll("\r", "");
+  equal(result.outcome.kind, "power-off", text.slice(-3000));
+  return text;
+}
+
+function expectLines(text: string, wanted: string[]) {
+  for (const want of [...wanted, `${EXIT_STATUS_PREFIX}0`]) {
+    ok(text.includes(want), `missing "${want}" in:\n${text.slice(-3000)}`);
+  }
+}
+
 const CLOCK = 1_800_000_000;
 const REPORT = [
   "echo host=$(hostname)",
@@ -45,18 +120,7 @@ const REPORT = [
 ].join("; ");
 
 Deno.test("fragment helpers set hostname, loopback, mounts, clock and /etc files in a guest", async (t) => {
-  const why = cannotBootLinuxReason();
-  if (!need(t, why === undefined, why ?? "")) return;
-  const busybox = findStaticBusybox();
-  if (
-    !need(t, busybox !== undefined, "busybox (busybox-static) is not installed")
-  ) return;
-
-  const p = new ProgramBuilder();
-  p.method("main", (m) => {
-    const errno = m.var("errno");
-    const step = m.var("step");
-    const onError = { errno, goto: "fail", step };
+  const text = await bootProgram(t, (m, onError) => {
     setHostname(m, { name: "initx-guest", onError });
     configureLoopback(m, { onError });
     mkdir(m, { path: "/mnt", ignore: [Errno.EEXIST], onError });
@@ -65,67 +129,26 @@ Deno.test("fragment helpers set hostname, loopback, mounts, clock and /etc files
     setHosts(m, { onError });
     setResolvConf(m, { nameservers: ["10.42.0.1"], onError });
     setClock(m, { seconds: CLOCK, onError });
-    const status = forkExecWait(m, {
+    return forkExecWait(m, {
       path: "/bin/busybox",
       argv: ["sh", "-c", REPORT],
       onError,
     });
-    m.return(status);
-    m.label("fail");
-    m.printf("step failed: %s: errno %d\n", [step, errno]);
-    m.return(99);
   });
-  const cpio = new CpioWriter();
-  cpio.file("init", buildInitElf({ program: p.build() }, { arch: "x86_64" }), {
-    mode: 0o755,
-  });
-  cpio.file("bin/busybox", await Deno.readFile(busybox!), { mode: 0o755 });
-  for (const a of await busyboxApplets(busybox!)) {
-    if (a !== "busybox") cpio.symlink(`bin/${a}`, "busybox");
-  }
-  const kernel = Deno.env.get("INITX_LAB_KERNEL") ??
-    (await ensureKernel()).image;
-  const result = await bootLinux({
-    kernel,
-    initrd: cpio.bytes(),
-    memoryMiB: 256,
-    timeoutMs: 120_000,
-  });
-  const text = result.console.replaceAll("\r", "");
-  equal(result.outcome.kind, "power-off", text.slice(-3000));
-  for (
-    const want of [
-      "host=initx-guest",
-      "loflags=0x9",
-      "mnt=tmpfs",
-      "hosts=ok",
-      "nameserver 10.42.0.1",
-      `${EXIT_STATUS_PREFIX}0`,
-    ]
-  ) {
-    ok(text.includes(want), `missing "${want}" in:\n${text.slice(-3000)}`);
-  }
+  if (text === undefined) return;
+  expectLines(text, [
+    "host=initx-guest",
+    "loflags=0x9",
+    "mnt=tmpfs",
+    "hosts=ok",
+    "nameserver 10.42.0.1",
+  ]);
   const clock = Number(text.match(/clock=(\d+)/)?.[1]);
   ok(clock >= CLOCK && clock < CLOCK + 600, `clock=${clock}`);
 });
 
 Deno.test("fragment helpers for containers: interface index and address, route, mknod, binfmt_misc, chroot", async (t) => {
-  const why = cannotBootLinuxReason();
-  if (!need(t, why === undefined, why ?? "")) return;
-  const busybox = findStaticBusybox();
-  if (
-    !need(t, busybox !== undefined, "busybox (busybox-static) is not installed")
-  ) return;
-  const kernel = await ensureKernel();
-  if (!kernel.modules) {
-    throw new Error(`Kernel ${kernel.version} has no modules`);
-  }
-
-  const p = new ProgramBuilder();
-  p.method("main", (m) => {
-    const errno = m.var("errno");
-    const step = m.var("step");
-    const onError = { errno, goto: "fail", step };
+  const text = await bootProgram(t, (m, onError) => {
     const index = getInterfaceIndex(m, { name: "lo", onError });
     m.printf("loindex=%d\n", [index]);
     configureInterface(m, {
@@ -176,46 +199,18 @@ Deno.test("fragment helpers for containers: interface index and address, route, 
       onError,
     });
     chroot(m, { path: "/newroot", onError });
-    const status = forkExecWait(m, {
+    return forkExecWait(m, {
       path: "/busybox",
       argv: ["sh", "-c", "echo chroot=$(/busybox ls /)"],
       onError,
     });
-    m.return(status);
-    m.label("fail");
-    m.printf("step failed: %s: errno %d\n", [step, errno]);
-    m.return(99);
-  });
-  const cpio = new CpioWriter();
-  const modules = await loadInitModules(kernel.modules, ["binfmt_misc"]);
-  cpio.file(
-    "init",
-    buildInitElf({ program: p.build(), modules }, { arch: "x86_64" }),
-    { mode: 0o755 },
-  );
-  cpio.file("bin/busybox", await Deno.readFile(busybox!), { mode: 0o755 });
-  for (const a of await busyboxApplets(busybox!)) {
-    if (a !== "busybox") cpio.symlink(`bin/${a}`, "busybox");
-  }
-  cpio.dir("tmp");
-  const result = await bootLinux({
-    kernel: kernel.image,
-    initrd: cpio.bytes(),
-    memoryMiB: 256,
-    timeoutMs: 120_000,
-  });
-  const text = result.console.replaceAll("\r", "");
-  equal(result.outcome.kind, "power-off", text.slice(-3000));
-  for (
-    const want of [
-      "loindex=1",
-      "mknod=1,3",
-      "route=ok",
-      "binfmt=ok",
-      "chroot=busybox",
-      `${EXIT_STATUS_PREFIX}0`,
-    ]
-  ) {
-    ok(text.includes(want), `missing "${want}" in:\n${text.slice(-3000)}`);
-  }
+  }, ["binfmt_misc"]);
+  if (text === undefined) return;
+  expectLines(text, [
+    "loindex=1",
+    "mknod=1,3",
+    "route=ok",
+    "binfmt=ok",
+    "chroot=busybox",
+  ]);
 });
