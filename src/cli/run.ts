@@ -12,7 +12,11 @@
 import { parseArgs } from "node:util";
 import { ensureKernel } from "../boot/kernel.ts";
 import { cannotBootLinuxReason } from "../hv/kvm/host.ts";
-import { bootLinux, DEFAULT_MEMORY_MIB } from "../initx/linux_vm.ts";
+import {
+  bootLinux,
+  DEFAULT_CMDLINE,
+  DEFAULT_MEMORY_MIB,
+} from "../initx/linux_vm.ts";
 import {
   buildBusyboxInitramfs,
   busyboxApplets,
@@ -40,8 +44,12 @@ Options:
 /** A kernel log line on the console (`printk.time` prefix). */
 const KERNEL_LOG_LINE = /^\[\s*\d+\.\d+\] /;
 
-/** Kernel log lines kept to show when a run goes wrong. */
-const KERNEL_LINES_KEPT = 40;
+/** The init's status line, possibly after output without a newline. */
+const STATUS_LINE = new RegExp(
+  `^(.*)${
+    EXIT_STATUS_PREFIX.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+  }(\\d{1,3})$`,
+);
 /** Output held back while waiting for the end of its line. */
 const MAX_PENDING_CHARS = 4096;
 
@@ -128,11 +136,12 @@ export async function runCommand(
       applets: await busyboxApplets(busybox),
       command,
     });
-    // The init's own lines (its marker, the exit status) and the kernel's
-    // log lines are not the command's output: keep them off stdout, and show
-    // the kernel's only when the run goes wrong.
+    // The init's own lines (its marker, the exit status) are not the
+    // command's output, and neither is the kernel's power-off message after
+    // the status. The kernel prints only emergencies (loglevel=1), so what
+    // remains is the command's output. The status line may follow output
+    // that did not end its line.
     let status: number | undefined;
-    const kernelLines: string[] = [];
     let pending = "";
     const decoder = new TextDecoder();
     const encoder = new TextEncoder();
@@ -149,26 +158,21 @@ export async function runCommand(
         pending = pending.slice(nl + 1);
         const bare = line.replace(/\r?\n$/, "");
         if (bare === DEFAULT_MARKER) continue;
-        // The init prints the status last; a command that prints a line
-        // like it can only fake its own status, which it controls anyway.
-        const statusText = bare.startsWith(EXIT_STATUS_PREFIX)
-          ? bare.slice(EXIT_STATUS_PREFIX.length)
-          : undefined;
-        if (statusText !== undefined && /^\d{1,3}$/.test(statusText)) {
-          status = Number(statusText);
+        // The init prints the real status last, so the last one wins.
+        const m = STATUS_LINE.exec(bare);
+        if (m) {
+          if (m[1]) out(encoder.encode(m[1]));
+          status = Number(m[2]);
           continue;
         }
-        if (KERNEL_LOG_LINE.test(bare)) {
-          kernelLines.push(bare);
-          if (kernelLines.length > KERNEL_LINES_KEPT) kernelLines.shift();
-          continue;
-        }
+        if (status !== undefined && KERNEL_LOG_LINE.test(bare)) continue;
         out(encoder.encode(line.replace(/\r\n$/, "\n")));
       }
     };
     const result = await bootLinux({
       kernel,
       initrd,
+      cmdline: `${DEFAULT_CMDLINE} loglevel=1`,
       cpus,
       memoryMiB,
       timeoutMs,
@@ -178,7 +182,6 @@ export async function runCommand(
     if (result.outcome.kind === "power-off" && status !== undefined) {
       return status;
     }
-    for (const line of kernelLines) err(line);
     err(
       `initx run: ${
         status === undefined ? "the command did not finish: " : ""

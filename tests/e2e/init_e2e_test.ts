@@ -82,11 +82,13 @@ Deno.test("initx run busybox -- CMD returns the command's output and exit status
     "--",
     "sh",
     "-c",
-    "echo hi from $(uname -s); exit 4",
+    "echo hi from $(uname -s); dmesg | head -n 1 | cut -c1-15; printf no-newline; exit 4",
   ], {
     out: (b) => out += new TextDecoder().decode(b),
     err: (l) => errors.push(l),
   });
-  equal(out, "hi from Linux\n", errors.join("\n"));
+  // Output lines that look like kernel log lines are the command's too, and
+  // output without a final newline stays so.
+  equal(out, "hi from Linux\n[    0.000000] \nno-newline", errors.join("\n"));
   equal(code, 4, errors.join("\n"));
 });
