@@ -20,6 +20,7 @@ import {
   mknod,
   mount,
   mountBinfmtMisc,
+  pivotRoot,
   registerBinfmt,
   setClock,
   setHostname,
@@ -147,7 +148,7 @@ Deno.test("fragment helpers set hostname, loopback, mounts, clock and /etc files
   ok(clock >= CLOCK && clock < CLOCK + 600, `clock=${clock}`);
 });
 
-Deno.test("fragment helpers for containers: interface index and address, route, mknod, binfmt_misc, chroot", async (t) => {
+Deno.test("fragment helpers for containers: interface index and address, route, mknod, binfmt_misc, chroot, pivot_root", async (t) => {
   const text = await bootProgram(t, (m, onError) => {
     const index = getInterfaceIndex(m, { name: "lo", onError });
     m.printf("loindex=%d\n", [index]);
@@ -191,17 +192,35 @@ Deno.test("fragment helpers for containers: interface index and address, route, 
       argv: ["sh", "-c", report],
       onError,
     });
+    // chroot into a tmpfs; then pivot_root from there into a second tmpfs
+    // (the initramfs itself cannot be pivoted away, a mount can).
     mkdir(m, { path: "/newroot", ignore: [Errno.EEXIST], onError });
     mount(m, { source: "tmpfs", target: "/newroot", fstype: "tmpfs", onError });
+    mkdir(m, { path: "/newroot/inner", onError });
+    mount(m, {
+      source: "tmpfs",
+      target: "/newroot/inner",
+      fstype: "tmpfs",
+      onError,
+    });
+    mkdir(m, { path: "/newroot/inner/old", onError });
+    const copy =
+      "cp /bin/busybox /newroot/busybox && cp /bin/busybox /newroot/inner/busybox";
     forkExecWait(m, {
       path: "/bin/busybox",
-      argv: ["cp", "/bin/busybox", "/newroot/busybox"],
+      argv: ["sh", "-c", copy],
       onError,
     });
     chroot(m, { path: "/newroot", onError });
-    return forkExecWait(m, {
+    forkExecWait(m, {
       path: "/busybox",
       argv: ["sh", "-c", "echo chroot=$(/busybox ls /)"],
+      onError,
+    });
+    pivotRoot(m, { newRoot: "/inner", putOld: "/inner/old", onError });
+    return forkExecWait(m, {
+      path: "/busybox",
+      argv: ["sh", "-c", "echo pivot=$(/busybox ls /) old=$(/busybox ls /old)"],
       onError,
     });
   }, ["binfmt_misc"]);
