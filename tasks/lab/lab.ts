@@ -434,9 +434,16 @@ export async function runInLab(
     let outFiles: string | undefined;
     const tail: string[] = [];
     const handleLine = (line: string) => {
-      const clean = line.replace(/\r$/, "");
+      let clean = line.replace(/\r$/, "");
       if (code !== undefined) return; // the lab's own shutdown messages
-      if (clean.startsWith(marker)) {
+      const at = clean.indexOf(marker);
+      if (at > 0) {
+        // The command's last output had no final newline: the marker follows
+        // it on the same line. Pass the output on as it was.
+        output(encoder.encode(clean.slice(0, at)));
+        clean = clean.slice(at);
+      }
+      if (at >= 0) {
         const rest = clean.slice(marker.length);
         if (rest === "start") startMs = performance.now() - t0;
         else if (rest === "out-begin") outBase64 = [];

@@ -26,15 +26,21 @@ Deno.test("runInLab() gives the command a /dev/kvm and its output", async (t) =>
   equal(out.text(), "ok\n");
 });
 
-Deno.test("runInLab() returns the command's exit status and files from /out", async (t) => {
+Deno.test("runInLab() returns the command's exit status, output without a final newline, and files from /out", async (t) => {
   if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
   const dir = await Deno.makeTempDir({ prefix: "initx-lab-out-" });
   try {
+    const out = collect();
     const r = await runInLab(
-      ["sh", "-c", "mkdir -p /out/a && echo back > /out/a/f && exit 7"],
-      { output: quiet, progress: quiet, outDir: dir, timeoutSeconds: 120 },
+      [
+        "sh",
+        "-c",
+        "mkdir -p /out/a && echo back > /out/a/f && printf no-newline && exit 7",
+      ],
+      { output: out.output, progress: quiet, outDir: dir, timeoutSeconds: 120 },
     );
     equal(r.code, 7);
+    equal(out.text(), "no-newline");
     equal(await Deno.readTextFile(`${dir}/a/f`), "back\n");
   } finally {
     await Deno.remove(dir, { recursive: true });
