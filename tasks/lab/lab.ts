@@ -51,6 +51,9 @@ const GUEST_MODULES = [
   "binfmt_misc",
 ];
 
+/** What the lab's kernel prints when one of its CPUs is stuck in the kernel. */
+const LAB_FAULT = /watchdog: BUG: soft lockup - CPU#\d+ stuck/;
+
 /** Guest memory of the lab in MiB; nested guests take theirs from it. */
 const LAB_MEMORY_MIB = 4096;
 
@@ -85,6 +88,12 @@ export interface LabResult {
   startMs?: number;
   /** The pid the lab's QEMU had (it has ended when the call resolves). */
   qemuPid?: number;
+  /**
+   * The lab kernel's own report of a CPU stuck in the kernel (a soft
+   * lockup), when that ended the run: a failure of the emulated lab, seen
+   * now and then when a nested guest runs, not of the command.
+   */
+  labFault?: string;
 }
 
 const encoder = new TextEncoder();
@@ -430,6 +439,7 @@ export async function runInLab(
     let code: number | undefined;
     let startMs: number | undefined;
     let pending = "";
+    let labFault: string | undefined;
     let outBase64: string[] | undefined;
     let outFiles: string | undefined;
     const tail: string[] = [];
@@ -459,6 +469,16 @@ export async function runInLab(
       tail.push(clean);
       if (tail.length > 30) tail.shift();
       output(encoder.encode(clean + "\n"));
+      if (labFault === undefined && LAB_FAULT.test(clean)) {
+        // The lab's own kernel is stuck: nothing the command does can end
+        // it. Stop the lab now instead of at the timeout.
+        labFault = clean.trim();
+        try {
+          proc.kill("SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
     };
     const stderrText = new Response(proc.stderr).text();
     for await (const chunk of proc.stdout) {
@@ -473,6 +493,16 @@ export async function runInLab(
     const status = await proc.status;
     child = undefined;
     const qemuErr = (await stderrText).trim();
+    if (labFault !== undefined) {
+      return {
+        code: 125,
+        error:
+          `The KVM lab's kernel locked up (${labFault}): nested virtualization under QEMU's emulator failed, not the command`,
+        labFault,
+        startMs,
+        qemuPid,
+      };
+    }
     if (timedOut) {
       return {
         code: 124,

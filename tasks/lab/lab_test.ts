@@ -66,3 +66,18 @@ Deno.test("runInLab() stops a command that runs past its timeout and leaves no Q
   }
   equal(alive, false, `QEMU pid ${r.qemuPid} is still there`);
 });
+
+Deno.test("runInLab() ends a run at once when the lab's kernel reports a soft lockup", async (t) => {
+  if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
+  // The command prints what the lab kernel's watchdog would, then waits.
+  const line =
+    "[   68.881133] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [worker-15:164]";
+  const r = await runInLab(["sh", "-c", `echo '${line}'; sleep 600`], {
+    output: quiet,
+    progress: quiet,
+    timeoutSeconds: 120,
+  });
+  equal(r.code, 125);
+  equal(r.labFault, line);
+  ok(r.error?.startsWith("The KVM lab's kernel locked up"), r.error);
+});
