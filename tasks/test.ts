@@ -67,7 +67,7 @@ console.error(
 const SUMMARY =
   /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \| (\d+) ignored)?/;
 /** Lab runs of a phase when the lab's own kernel locks up. */
-const LAB_ATTEMPTS = 2;
+const LAB_ATTEMPTS = 3;
 /** What `need()` in tests/_gate.ts prints when it skips a test. */
 const SKIP_LINE = /^SKIPPED "/gm;
 const totals = {
@@ -148,7 +148,7 @@ async function inLab(phase: string, files: string[]) {
     );
     if (result.error) console.error(`tests: ${result.error}`);
     // A lockup of the lab's own kernel says nothing about the tests: run the
-    // phase once more, and say so.
+    // phase again (up to LAB_ATTEMPTS runs in all), and say so.
     if (result.labFault !== undefined && attempt < LAB_ATTEMPTS) {
       console.error(
         `tests: RETRYING the ${phase}: the KVM lab itself failed (attempt ${attempt} of ${LAB_ATTEMPTS})`,
