@@ -66,8 +66,13 @@ console.error(
 
 const SUMMARY =
   /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \| (\d+) ignored)?/;
-/** Lab runs of a phase when the lab's own kernel locks up. */
+/** Lab runs of a phase when the lab itself gets stuck. */
 const LAB_ATTEMPTS = 3;
+/**
+ * A lab phase silent this long is stuck: every test prints its name when it
+ * starts and its result when it ends, and none takes this long.
+ */
+const LAB_IDLE_SECONDS = 300;
 /** What `need()` in tests/_gate.ts prints when it skips a test. */
 const SKIP_LINE = /^SKIPPED "/gm;
 const totals = {
@@ -140,6 +145,7 @@ async function inLab(phase: string, files: string[]) {
         cwd: PROJECT_ROOT,
         env: testEnv,
         timeoutSeconds: 2400,
+        idleTimeoutSeconds: LAB_IDLE_SECONDS,
         output: (bytes) => {
           Deno.stdout.writeSync(bytes);
           text += decoder.decode(bytes, { stream: true });
@@ -147,8 +153,10 @@ async function inLab(phase: string, files: string[]) {
       },
     );
     if (result.error) console.error(`tests: ${result.error}`);
-    // A lockup of the lab's own kernel says nothing about the tests: run the
-    // phase again (up to LAB_ATTEMPTS runs in all), and say so.
+    // A lab that got stuck (its kernel locked up, or nothing came out for
+    // LAB_IDLE_SECONDS) is run again, loudly, up to LAB_ATTEMPTS runs in all:
+    // nested virtualization under TCG hangs now and then. A hang of our own
+    // would hang every run and still fail.
     if (result.labFault !== undefined && attempt < LAB_ATTEMPTS) {
       console.error(
         `tests: RETRYING the ${phase}: the KVM lab itself failed (attempt ${attempt} of ${LAB_ATTEMPTS})`,

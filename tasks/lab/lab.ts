@@ -72,6 +72,11 @@ export interface LabOptions {
   output?: (bytes: Uint8Array) => void;
   /** If set, the lab's `/out` directory is unpacked here after the run. */
   outDir?: string;
+  /**
+   * Seconds without any output after which the lab counts as stuck (a
+   * `labFault`); default: no limit.
+   */
+  idleTimeoutSeconds?: number;
   /** Extra host files to put into the lab, by their path inside it. */
   files?: Record<string, string>;
   /** Progress messages (building the initramfs, booting); default: stderr. */
@@ -89,9 +94,10 @@ export interface LabResult {
   /** The pid the lab's QEMU had (it has ended when the call resolves). */
   qemuPid?: number;
   /**
-   * The lab kernel's own report of a CPU stuck in the kernel (a soft
-   * lockup), when that ended the run: a failure of the emulated lab, seen
-   * now and then when a nested guest runs, not of the command.
+   * Why the lab was found stuck, when that ended the run: the lab kernel's
+   * report of a CPU stuck in the kernel (a soft lockup, a failure of the
+   * emulated lab seen now and then when a nested guest runs), or no output
+   * for `idleTimeoutSeconds`.
    */
   labFault?: string;
 }
@@ -481,7 +487,23 @@ export async function runInLab(
       }
     };
     const stderrText = new Response(proc.stderr).text();
+    let idleTimer: ReturnType<typeof setTimeout> | undefined;
+    const idle = options.idleTimeoutSeconds;
+    const armIdle = () => {
+      if (idle === undefined) return;
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        labFault ??= `no output for ${idle} s`;
+        try {
+          proc.kill("SIGKILL");
+        } catch {
+          // already gone
+        }
+      }, idle * 1000);
+    };
+    armIdle();
     for await (const chunk of proc.stdout) {
+      armIdle();
       pending += decoder.decode(chunk, { stream: true });
       let nl: number;
       while ((nl = pending.indexOf("\n")) >= 0) {
@@ -490,6 +512,7 @@ export async function runInLab(
       }
     }
     if (pending) handleLine(pending);
+    clearTimeout(idleTimer);
     const status = await proc.status;
     child = undefined;
     const qemuErr = (await stderrText).trim();
@@ -497,7 +520,7 @@ export async function runInLab(
       return {
         code: 125,
         error:
-          `The KVM lab's kernel locked up (${labFault}): nested virtualization under QEMU's emulator failed, not the command`,
+          `The KVM lab got stuck (${labFault}): nested virtualization under QEMU's emulator failed, or the command hung`,
         labFault,
         startMs,
         qemuPid,

@@ -79,5 +79,17 @@ Deno.test("runInLab() ends a run at once when the lab's kernel reports a soft lo
   });
   equal(r.code, 125);
   equal(r.labFault, line);
-  ok(r.error?.startsWith("The KVM lab's kernel locked up"), r.error);
+  ok(r.error?.startsWith("The KVM lab got stuck"), r.error);
+});
+
+Deno.test("runInLab() ends a run that prints nothing for idleTimeoutSeconds", async (t) => {
+  if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
+  const r = await runInLab(["sleep", "600"], {
+    output: quiet,
+    progress: quiet,
+    timeoutSeconds: 120,
+    idleTimeoutSeconds: 15,
+  });
+  equal(r.code, 125);
+  equal(r.labFault, "no output for 15 s");
 });
