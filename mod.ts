@@ -6,6 +6,20 @@
  * This module is the library. Run as the main module it is the CLI
  * (`deno run -A mod.ts --help`).
  *
+ * Run programs in a booted guest with {@linkcode VirtualMachine}:
+ *
+ * ```ts ignore
+ * import { ProgramBuilder, VirtualMachine } from "./mod.ts";
+ * const p = new ProgramBuilder();
+ * p.method("main", (m) => {
+ *   m.printf("hello from the guest\n");
+ *   m.return(0);
+ * });
+ * await using vm = await VirtualMachine.create();
+ * await vm.boot();
+ * const { stdout } = await vm.runWithCapture(p.build());
+ * ```
+ *
  * @example
  * ```ts
  * import { compileElf, ProgramBuilder } from "./mod.ts";
@@ -61,6 +75,48 @@ export {
   type KernelSource,
 } from "./src/boot/kernel.ts";
 export { OsError } from "./ffi/libc.ts";
+export {
+  type BootOptions,
+  type CapturedOutput,
+  type CaptureFlags,
+  DEFAULT_BOOT_TIMEOUT_MS,
+  type GuestFile,
+  type GuestProcess,
+  type GuestProgram,
+  type StreamingOptions,
+  VirtualMachine,
+  type VirtualMachineOptions,
+} from "./src/initx/virtual_machine.ts";
+export type { LinuxVmOutcome, LinuxVmResult } from "./src/initx/linux_vm.ts";
+export type {
+  VirtioContext,
+  VirtioDevice,
+} from "./src/devices/virtio/device.ts";
+export {
+  type DescriptorChain,
+  type GuestBuffer,
+  Virtqueue,
+  VirtqueueError,
+} from "./src/devices/virtio/queue.ts";
+export {
+  type Session,
+  type SessionOptions,
+  startSession,
+} from "./src/initx/session.ts";
+export {
+  type StreamConnection,
+  type StreamListener,
+  type StreamTransport,
+  unixStreamTransport,
+  VsockProgramServer,
+} from "./src/initx/program_server.ts";
+export {
+  BootTimeoutError,
+  ExitError,
+  GuestError,
+  ProtocolError,
+  VmTerminatedError,
+} from "./src/initx/errors.ts";
 export { main } from "./src/cli/main.ts";
 
 if (import.meta.main) {

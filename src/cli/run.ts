@@ -2,9 +2,14 @@
  * `initx run IMAGE [options] -- CMD [ARGS...]`: runs a command in a Linux
  * micro-VM on the default kernel and returns its exit status.
  *
+ * The VM's PID 1 is initx's own IR-compiled init; the command runs as a
+ * program it receives over virtio-vsock, with its stdout and stderr streamed
+ * back separately (and stdin too with `-i`). The kernel's log goes to stderr
+ * only with `--dmesg`.
+ *
  * For now the only image is `busybox`: the host's static busybox (Debian
- * `busybox-static`) with a link per applet, packed by initx into an initramfs
- * whose PID 1 is initx's own IR-compiled init. OCI images come later.
+ * `busybox-static`) with a link per applet, in the VM's initramfs. OCI
+ * images come later.
  *
  * @module
  */
@@ -13,18 +18,18 @@ import { parseArgs } from "node:util";
 import { ensureKernel } from "../boot/kernel.ts";
 import { cannotBootLinuxReason } from "../hv/kvm/host.ts";
 import {
-  bootLinux,
-  DEFAULT_CMDLINE,
-  DEFAULT_MEMORY_MIB,
-} from "../initx/linux_vm.ts";
-import {
-  buildBusyboxInitramfs,
   busyboxApplets,
   requireStaticBusybox,
 } from "../initx/busybox_guest.ts";
-import { DEFAULT_MARKER, EXIT_STATUS_PREFIX } from "../initx/init.ts";
+import { ExitError } from "../initx/errors.ts";
+import { DEFAULT_ENV } from "../initx/init.ts";
+import { buildExecProgram } from "../initx/program_loop.ts";
+import { type GuestFile, VirtualMachine } from "../initx/virtual_machine.ts";
+import { DEFAULT_MEMORY_MIB } from "../initx/linux_vm.ts";
 import { positiveInteger, positiveNumber, writeAll } from "./_args.ts";
-import { describeOutcome } from "./boot.ts";
+
+/** Default limit from the VM's start to the guest's init connecting, in s. */
+const DEFAULT_BOOT_TIMEOUT_S = 60;
 
 /** Usage text of `initx run`. */
 export const RUN_USAGE = `Usage: initx run IMAGE [options] -- CMD [ARGS...]
@@ -35,30 +40,25 @@ Images:
   busybox          the host's static busybox (apt-get install busybox-static)
 
 Options:
-  --kernel PATH    bzImage to boot (default: the cached Debian cloud kernel)
-  --cpus N         number of vCPUs (default 1)
-  --memory MB      guest RAM in MiB (default ${DEFAULT_MEMORY_MIB})
-  --timeout S      stop the guest after S seconds (default 300)
-  -h, --help       show this help`;
-
-/** A kernel log line on the console (`printk.time` prefix). */
-const KERNEL_LOG_LINE = /^\[\s*\d+\.\d+\] /;
-
-/** The init's status line, possibly after output without a newline. */
-const STATUS_LINE = new RegExp(
-  `^(.*)${
-    EXIT_STATUS_PREFIX.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
-  }(\\d{1,3})$`,
-);
-/** Output held back while waiting for the end of its line. */
-const MAX_PENDING_CHARS = 4096;
+  -i, --interactive  stream this terminal's stdin into the command
+  --kernel PATH      bzImage to boot (default: the cached Debian cloud kernel)
+  --cpus N           number of vCPUs (default 1)
+  --memory MB        guest RAM in MiB (default ${DEFAULT_MEMORY_MIB})
+  --timeout S        stop the guest after S seconds (default 300)
+  --boot-timeout S   give up when the guest is not up after S seconds (default ${DEFAULT_BOOT_TIMEOUT_S})
+  --dmesg            show the kernel's log on stderr
+  -h, --help         show this help`;
 
 /** Options of {@linkcode runCommand}, for callers other than the CLI. */
 export interface RunCommandOptions {
-  /** Receives the command's output (default: stdout). */
+  /** Receives the command's stdout (default: stdout). */
   out?: (bytes: Uint8Array) => void;
+  /** Receives the command's stderr and the kernel log (default: stderr). */
+  errOut?: (bytes: Uint8Array) => void;
   /** Receives initx's own messages, one line each (default: stderr). */
   err?: (line: string) => void;
+  /** The command's stdin with `-i` (default: this process's stdin). */
+  stdin?: ReadableStream<Uint8Array>;
 }
 
 /**
@@ -76,6 +76,8 @@ export async function runCommand(
   options: RunCommandOptions = {},
 ): Promise<number> {
   const out = options.out ?? ((b: Uint8Array) => writeAll(Deno.stdout, b));
+  const errOut = options.errOut ??
+    ((b: Uint8Array) => writeAll(Deno.stderr, b));
   const err = options.err ?? ((line: string) => console.error(line));
   let values, positionals;
   try {
@@ -83,10 +85,13 @@ export async function runCommand(
       args,
       allowPositionals: true,
       options: {
+        interactive: { type: "boolean", short: "i" },
         kernel: { type: "string" },
         cpus: { type: "string" },
         memory: { type: "string" },
         timeout: { type: "string" },
+        "boot-timeout": { type: "string" },
+        dmesg: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     }));
@@ -109,7 +114,7 @@ export async function runCommand(
     );
     return 2;
   }
-  let cpus: number, memoryMiB: number, timeoutMs: number;
+  let cpus: number, memoryMiB: number, timeoutMs: number, bootTimeoutMs: number;
   try {
     cpus = positiveInteger("--cpus", values.cpus ?? "1");
     memoryMiB = positiveInteger(
@@ -117,6 +122,10 @@ export async function runCommand(
       values.memory ?? String(DEFAULT_MEMORY_MIB),
     );
     timeoutMs = positiveNumber("--timeout", values.timeout ?? "300") * 1000;
+    bootTimeoutMs = positiveNumber(
+      "--boot-timeout",
+      values["boot-timeout"] ?? String(DEFAULT_BOOT_TIMEOUT_S),
+    ) * 1000;
   } catch (e) {
     err(`initx run: ${(e as Error).message}`);
     return 2;
@@ -126,72 +135,66 @@ export async function runCommand(
     err(`initx run: ${unsupported}`);
     return 1;
   }
+  let vm: VirtualMachine | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let timedOut = false;
   try {
-    const kernel = values.kernel ?? (await ensureKernel({
-      onProgress: (line) => err(`initx run: ${line}`),
-    })).image;
+    const kernel = values.kernel !== undefined
+      ? { image: values.kernel }
+      : await ensureKernel({ onProgress: (line) => err(`initx run: ${line}`) });
     const busybox = requireStaticBusybox();
-    const initrd = buildBusyboxInitramfs({
-      busybox: await Deno.readFile(busybox),
-      applets: await busyboxApplets(busybox),
-      command,
-    });
-    // The init's own lines (its marker, the exit status) are not the
-    // command's output, and neither is the kernel's power-off message after
-    // the status. The kernel prints only emergencies (loglevel=1), so what
-    // remains is the command's output. The status line may follow output
-    // that did not end its line.
-    let status: number | undefined;
-    let pending = "";
-    const decoder = new TextDecoder();
-    const encoder = new TextEncoder();
-    const onConsole = (bytes: Uint8Array) => {
-      pending += decoder.decode(bytes, { stream: true });
-      let nl: number;
-      if (pending.length > MAX_PENDING_CHARS && !pending.includes("\n")) {
-        // A guest that never ends its line still gets its output shown.
-        out(encoder.encode(pending));
-        pending = "";
-      }
-      while ((nl = pending.indexOf("\n")) >= 0) {
-        const line = pending.slice(0, nl + 1);
-        pending = pending.slice(nl + 1);
-        const bare = line.replace(/\r?\n$/, "");
-        if (bare === DEFAULT_MARKER) continue;
-        // The init prints the real status last, so the last one wins.
-        const m = STATUS_LINE.exec(bare);
-        if (m) {
-          if (m[1]) out(encoder.encode(m[1]));
-          status = Number(m[2]);
-          continue;
-        }
-        if (status !== undefined && KERNEL_LOG_LINE.test(bare)) continue;
-        out(encoder.encode(line.replace(/\r\n$/, "\n")));
-      }
-    };
-    const result = await bootLinux({
-      kernel,
-      initrd,
-      cmdline: `${DEFAULT_CMDLINE} loglevel=1`,
+    const files: GuestFile[] = [
+      { path: "bin/busybox", bytes: await Deno.readFile(busybox), mode: 0o755 },
+    ];
+    for (const applet of await busyboxApplets(busybox)) {
+      if (applet === "busybox" || applet.includes("/")) continue;
+      files.push({ path: `bin/${applet}`, symlink: "busybox" });
+    }
+    vm = await VirtualMachine.create({
       cpus,
       memoryMiB,
-      timeoutMs,
-      onConsole,
+      kernel,
+      files,
+      dmesg: values.dmesg,
+      console: values.dmesg ? errOut : undefined,
+      debug: (line) => err(`initx run: ${line}`),
     });
-    if (pending) out(encoder.encode(pending));
-    if (result.outcome.kind === "power-off" && status !== undefined) {
-      return status;
+    timer = setTimeout(() => {
+      timedOut = true;
+      void vm?.close();
+    }, timeoutMs);
+    await vm.boot({ timeoutMs: bootTimeoutMs });
+    const [program] = command as [string, ...string[]];
+    const path = program.startsWith("/") ? program : `/bin/${program}`;
+    try {
+      await vm.runWithStreamingOutput(
+        buildExecProgram(path, [program, ...command.slice(1)], {
+          env: DEFAULT_ENV,
+        }),
+        {
+          stdin: values.interactive
+            ? options.stdin ?? Deno.stdin.readable
+            : undefined,
+          stdout: new WritableStream({ write: (b) => out(b) }),
+          stderr: new WritableStream({ write: (b) => errOut(b) }),
+        },
+      );
+      return 0;
+    } catch (e) {
+      if (e instanceof ExitError) return e.code;
+      throw e;
     }
+  } catch (e) {
     err(
       `initx run: ${
-        status === undefined ? "the command did not finish: " : ""
-      }${describeOutcome(result.outcome)} after ${
-        (result.elapsedMs / 1000).toFixed(1)
-      } s`,
+        timedOut
+          ? `the command did not finish within ${timeoutMs / 1000} s`
+          : (e as Error).message
+      }`,
     );
     return 1;
-  } catch (e) {
-    err(`initx run: ${(e as Error).message}`);
-    return 1;
+  } finally {
+    clearTimeout(timer);
+    await vm?.close();
   }
 }

@@ -4,7 +4,9 @@
  * on `/sys` and tmpfs on `/dev/shm`, loads the configured kernel modules,
  * makes `/dev/console` its controlling terminal and fds 0-2, prints a
  * marker line, runs the command (or an embedded IR program), prints
- * `initx: exit status N`, and powers off.
+ * `initx: exit status N`, and powers off. With `serve` it runs programs the
+ * host sends over vsock instead (`docs/protocol.md`) until the host closes
+ * the connection, then powers off.
  *
  * PID 1 must never return: the kernel would panic. Any failure prints
  * `initx: <step> failed: errno N` and then powers off (or reboots, or
@@ -38,6 +40,10 @@ import {
   powerOff,
   reboot,
 } from "./fragments.ts";
+import {
+  serveProgramsFragment,
+  type ServeProgramsOptions,
+} from "./program_loop.ts";
 
 /** Mount flags (`include/uapi/linux/mount.h`). */
 const MS_NOSUID = 0x2;
@@ -150,13 +156,18 @@ export interface InitConfig {
   modules?: readonly InitModule[];
   /** The line printed once the console is attached (default {@link DEFAULT_MARKER}). */
   marker?: string;
-  /** The command to run; at most one of `run` and `program`. */
+  /** The command to run; at most one of `run`, `program` and `serve`. */
   run?: InitCommand;
   /**
    * An IR program whose entry is called with the init's `argc`, `argv` and
    * `envp`; its result is printed as the exit status.
    */
   program?: Program;
+  /**
+   * Serve programs the host sends (`docs/protocol.md`) until it closes the
+   * control connection; `{}` connects to the host's vsock ports.
+   */
+  serve?: ServeProgramsOptions;
   /** The console device (default `/dev/console`). */
   console?: string;
   /** What to do after a failure (default `"powerOff"`). */
@@ -175,12 +186,20 @@ export interface InitConfig {
  *
  * @param config What to load and run.
  * @returns The IR program.
- * @throws {TypeError} When both `run` and `program` are given.
+ * @throws {TypeError} When more than one of `run`, `program` and `serve` is given.
  */
 export function buildInitProgram(config: InitConfig): Program {
   if (config.run !== undefined && config.program !== undefined) {
     throw new TypeError(
       "Cannot build the init program: give either run or program, not both",
+    );
+  }
+  if (
+    config.serve !== undefined &&
+    (config.run !== undefined || config.program !== undefined)
+  ) {
+    throw new TypeError(
+      "Cannot build the init program: serve runs the host's programs, give no run or program with it",
     );
   }
   const p = new ProgramBuilder();
@@ -216,6 +235,8 @@ export function buildInitProgram(config: InitConfig): Program {
         [argc, argv, envp].slice(0, payload.params),
       );
       m.printf(`${EXIT_STATUS_PREFIX}%d\n`, [status]);
+    } else if (config.serve !== undefined) {
+      serveProgramsFragment(m, { ...config.serve, onError });
     }
     powerOff(m, { onError });
 

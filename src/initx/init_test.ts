@@ -18,6 +18,8 @@ import {
   DEFAULT_MARKER,
   type InitConfig,
 } from "./init.ts";
+import { buildExecProgram, unixAddress } from "./program_loop.ts";
+import { unixStreamTransport, VsockProgramServer } from "./program_server.ts";
 
 const ARCHES: readonly Arch[] = ["x86_64", "aarch64"];
 const ELF_MACHINE: Record<Arch, number> = { x86_64: 62, aarch64: 183 };
@@ -116,6 +118,35 @@ Deno.test("buildInitProgram() rejects both a command and a program", () => {
     message:
       "Cannot build the init program: give either run or program, not both",
   });
+});
+
+Deno.test("buildInitProgram() rejects serve with a command or a program", () => {
+  const payload = new ProgramBuilder();
+  payload.method("main", (m) => m.return(0));
+  for (const config of [{ run: RUN }, { program: payload.build() }]) {
+    throws(() => buildInitProgram({ ...config, serve: {} }), {
+      name: "TypeError",
+      message:
+        "Cannot build the init program: serve runs the host's programs, give no run or program with it",
+    });
+  }
+});
+
+Deno.test("buildInitProgram() with serve attaches the console, serves, then powers off", () => {
+  const calls = mainSyscalls({ serve: {} }).filter((c) =>
+    ["setsid", "reboot", "clone", "execve"].includes(c)
+  );
+  deepEqual(calls, ["setsid", "reboot", "reboot"]);
+  const program = buildInitProgram({ serve: {} });
+  const main = program.methods.find((m) => m.name === "main")!;
+  ok(
+    main.body.some((s) => s.kind === "call" && s.target !== "main"),
+    "main calls the serve loop",
+  );
+  for (const arch of ARCHES) {
+    const elf = buildInitElf({ serve: {} }, { arch });
+    ok(elf.length < CODE_BUDGET_BYTES, `${arch}: ${elf.length} bytes`);
+  }
 });
 
 // ---- whole runs as PID 1 of a namespace ----
@@ -266,6 +297,93 @@ Deno.test({
         signal: null,
         code: 1, // PID 1 exiting: a kernel would panic here
       });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "init serves the host's programs as PID 1 and powers off when the host closes",
+  fn: async (t) => {
+    if (
+      !need(
+        t,
+        unshareAvailable,
+        "running an init as PID 1 needs root and /usr/bin/unshare",
+      )
+    ) return;
+    for (const arch of ARCHES) {
+      const dir = await Deno.makeTempDir({ prefix: "initx-init-" });
+      const server = new VsockProgramServer(unixStreamTransport(dir));
+      try {
+        const path = `${dir}/init`;
+        const config: InitConfig = {
+          console: CONSOLE,
+          serve: { address: (port) => unixAddress(`${dir}/${port}`) },
+        };
+        await Deno.writeFile(path, buildInitElf(config, { arch }), {
+          mode: 0o755,
+        });
+        const emulator = arch === Deno.build.arch ? "" : `qemu-${arch}-static `;
+        const child = new Deno.Command("/usr/bin/unshare", {
+          args: [
+            "--pid",
+            "--fork",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            `test $$ = 1 || exit 99; exec ${emulator}${path}`,
+          ],
+          stdout: "piped",
+          stderr: "piped",
+          stdin: "null",
+        }).spawn();
+        try {
+          deepEqual(await server.waitForGuest({ timeoutMs: 10_000 }), {
+            version: 1,
+            arch,
+          });
+          const sh = compile(
+            buildExecProgram("/bin/sh", [
+              "sh",
+              "-c",
+              "echo $$ $PATH; (sleep 0 &); echo oops >&2; exit 4",
+            ]),
+            { arch },
+          );
+          for (let i = 0; i < 3; i++) {
+            const result = await server.run(sh, {
+              capture: { stdout: true, stderr: true },
+              setClock: false,
+            });
+            const [pid, envPath] = new TextDecoder().decode(result.stdout)
+              .trim().split(" ");
+            ok(Number(pid) > 1, `${arch}: not PID 1 itself`);
+            ok(envPath?.includes("/bin"), `${arch}: a standard PATH`);
+            equal(new TextDecoder().decode(result.stderr), "oops\n");
+            equal(result.exitCode, 4);
+          }
+        } finally {
+          await server.close();
+          const output = await child.output();
+          const decoder = new TextDecoder();
+          deepEqual({
+            arch,
+            output: decoder.decode(output.stdout) +
+              decoder.decode(output.stderr),
+            signal: output.signal,
+          }, {
+            arch,
+            output: `${DEFAULT_MARKER}\n`,
+            signal: "SIGINT", // powered off once the host closed
+          });
+        }
+      } finally {
+        await server.close();
+        await Deno.remove(dir, { recursive: true });
+      }
     }
   },
 });

@@ -27,11 +27,14 @@ import {
 } from "../boot/linux_x86.ts";
 import { Platform, POST_CODE_PORT } from "../devices/platform.ts";
 import { Serial } from "../devices/serial.ts";
+import type { VirtioDevice } from "../devices/virtio/device.ts";
+import { VirtioMmioTransport } from "../devices/virtio/mmio.ts";
 import type {
   HvVcpu,
   HvVm,
   Hypervisor,
   IoAccess,
+  MmioAccess,
   Segment,
   VcpuOutcome,
   X86Sregs,
@@ -85,10 +88,20 @@ export interface LinuxVmOptions {
   /** Receives the serial console's output, in chunks of whole lines or less. */
   onConsole?: (bytes: Uint8Array) => void;
   /**
-   * virtio-mmio windows to describe in the DSDT (`LNRO0005` devices), default
-   * 0. No device answers there yet: reads return zeros, so drivers skip them.
+   * virtio devices, each behind a virtio-mmio window described in the DSDT
+   * (`LNRO0005`), in order from window 0, with an edge-triggered interrupt.
+   */
+  virtioDevices?: readonly VirtioDevice[];
+  /**
+   * Further empty virtio-mmio windows to describe after the devices' (default
+   * 0). Nothing answers there: reads return zeros, so drivers skip them.
    */
   virtioMmioWindows?: number;
+  /**
+   * Receives a device's report of bad guest data or an internal failure (the
+   * device then stops until the guest resets it). Default: ignored.
+   */
+  onDeviceError?: (message: string) => void;
   /**
    * Hypervisor to create the VM on. Default: `Kvm.open()`, closed again by
    * {@linkcode LinuxVm.close}; a hypervisor given here stays open.
@@ -149,6 +162,11 @@ export class LinuxVm {
   #console: ConsoleLog;
   #serial: Serial;
   #platform: Platform;
+  #mmioDevices: {
+    base: bigint;
+    end: bigint;
+    transport: VirtioMmioTransport;
+  }[] = [];
   #startedAt = 0;
   #ended = false;
   #ending: Promise<void> | undefined;
@@ -213,8 +231,9 @@ export class LinuxVm {
       );
     }
     const memoryBytes = BigInt(memoryMiB) * MIB;
+    const devices = options.virtioDevices ?? [];
     const windows = Array.from(
-      { length: options.virtioMmioWindows ?? 0 },
+      { length: devices.length + (options.virtioMmioWindows ?? 0) },
       (_, i) => virtioMmioWindow(i),
     );
     const plan = buildX86Boot(kernel, {
@@ -247,7 +266,29 @@ export class LinuxVm {
         vm.addMemory(r.start, r.size);
       }
       for (const w of plan.writes) vm.memory.writeExact(w.addr, w.bytes);
-      const handlers = { io: (a: IoAccess) => linux.#io(a) };
+      devices.forEach((device, i) => {
+        const w = windows[i]!;
+        const transport = new VirtioMmioTransport(device, {
+          memory: () => vm.memory,
+          interrupt: () => linux.#pulseIrq(w.gsi),
+          onError: (message) => {
+            try {
+              options.onDeviceError?.(message);
+            } catch {
+              // A failing report sink must not stop the guest.
+            }
+          },
+        });
+        linux.#mmioDevices.push({
+          base: w.base,
+          end: w.base + w.size,
+          transport,
+        });
+      });
+      const handlers = {
+        io: (a: IoAccess) => linux.#io(a),
+        mmio: (a: MmioAccess) => linux.#mmio(a),
+      };
       const sinkPorts = [POST_CODE_PORT];
       // The other vCPUs first: they wait for the SIPI that vCPU 0 sends.
       for (let id = cpus - 1; id >= 0; id--) {
@@ -313,6 +354,18 @@ export class LinuxVm {
       else this.#platform.write(a.port, value);
     }
     // Anything else: reads stay all ones, writes are dropped.
+  }
+
+  #mmio(a: MmioAccess): void {
+    for (const d of this.#mmioDevices) {
+      if (a.addr >= d.base && a.addr < d.end) {
+        const offset = Number(a.addr - d.base);
+        if (a.isWrite) d.transport.write(offset, a.data);
+        else d.transport.read(offset, a.data);
+        return;
+      }
+    }
+    // Anything else: reads stay zeros, writes are dropped.
   }
 
   #pulseIrq(gsi: number): void {

@@ -2,7 +2,20 @@
  * The owner's side of a vCPU: starts its Worker, serves its device exits from
  * the shared `kvm_run` page, and stops it on request (sets `immediate_exit`
  * and the stop flag, then interrupts `KVM_RUN` with SIGUSR2 sent to the
- * Worker's thread).
+ * Worker's thread: the "kick").
+ *
+ * Two rules keep the kick from killing the process (SIGUSR2's default action
+ * is to terminate it):
+ * - The kernel looks up a signal's action when the target thread takes the
+ *   signal, not when `tgkill(2)` queues it (signal(7)), and a thread that is
+ *   not in `KVM_RUN` may take it well after the owner has seen the vCPU's
+ *   outcome. So the SIGUSR2 listener is installed once and never removed; it
+ *   does not keep a finished program alive (Deno polls signals with an unref'd
+ *   op).
+ * - A thread is kicked only while it may still run the guest: never once the
+ *   Worker has marked the run done, reported its outcome or failed, and never
+ *   after it was terminated, so that a thread id the kernel has handed to a new
+ *   thread is never signalled.
  *
  * @module
  */
@@ -22,16 +35,16 @@ const SERVE_POLL_MS = 0.2;
 /** The longest the owner serves exits without yielding to its event loop. */
 const SERVE_STREAK_MS = 5;
 
-let signalUsers = 0;
-const ignoreSignal = () => {};
+let kickListenerInstalled = false;
 
-/** Installs a SIGUSR2 listener so that the kick does not kill the process. */
-function holdSignal(): void {
-  if (signalUsers++ === 0) Deno.addSignalListener("SIGUSR2", ignoreSignal);
-}
-
-function releaseSignal(): void {
-  if (--signalUsers === 0) Deno.removeSignalListener("SIGUSR2", ignoreSignal);
+/**
+ * Makes SIGUSR2 harmless for the rest of this isolate's life: a kick may be
+ * taken by its thread after every vCPU has ended, so the listener stays.
+ */
+function installKickListener(): void {
+  if (kickListenerInstalled) return;
+  Deno.addSignalListener("SIGUSR2", () => {});
+  kickListenerInstalled = true;
 }
 
 /** A vCPU running in its own Worker. Made by `KvmVm.startVcpu`. */
@@ -42,6 +55,7 @@ export class KvmVcpu implements HvVcpu {
   #worker: Worker;
   #ctl: Int32Array;
   #handlers: ExitHandlers;
+  /** The vCPU thread's id while it may be in `KVM_RUN`, else 0: see `#kick`. */
   #tid = 0;
   #run: DataView | undefined;
   #runBytes: Uint8Array | undefined;
@@ -75,6 +89,7 @@ export class KvmVcpu implements HvVcpu {
     id: number,
     options: { mmapSize: number; cpuid?: Uint8Array; init: VcpuInit },
   ): Promise<KvmVcpu> {
+    installKickListener();
     const control = new SharedArrayBuffer(Ctl.Length * 4);
     const ctl = new Int32Array(control);
     const worker = new Worker(
@@ -83,7 +98,6 @@ export class KvmVcpu implements HvVcpu {
         type: "module",
       },
     );
-    holdSignal();
     let resolveOutcome!: (o: VcpuOutcome) => void;
     const outcome = new Promise<VcpuOutcome>((r) => resolveOutcome = r);
     return new Promise((resolveReady, rejectReady) => {
@@ -92,8 +106,8 @@ export class KvmVcpu implements HvVcpu {
         mmapSize: options.mmapSize,
       });
       vcpu.#done = outcome.then((o) => {
+        vcpu.#tid = 0;
         worker.terminate();
-        releaseSignal();
         vcpu.#finished = true;
         vcpu.#release();
         if (vcpu.#handlerError !== undefined) {
@@ -107,6 +121,8 @@ export class KvmVcpu implements HvVcpu {
           vcpu.#attach(msg.tid, msg.runAddress, msg.vcpuFd);
           resolveReady(vcpu);
         } else {
+          // The thread has left `KVM_RUN` for good: no more kicks.
+          vcpu.#tid = 0;
           resolveOutcome(msg.outcome);
           // A vCPU that failed before it was ready still resolves `start`.
           resolveReady(vcpu);
@@ -114,6 +130,8 @@ export class KvmVcpu implements HvVcpu {
       };
       worker.onerror = (e) => {
         e.preventDefault();
+        // The Worker's thread may be gone already: its id is not ours any more.
+        vcpu.#tid = 0;
         const message = `vCPU ${id} thread failed: ${e.message}`;
         resolveOutcome({ kind: "error", message });
         rejectReady(new Error(message));
@@ -249,20 +267,50 @@ export class KvmVcpu implements HvVcpu {
     }
   }
 
-  /** Stops the vCPU, even if the guest spins without exiting; resolves with the outcome. */
+  /**
+   * Stops the vCPU, even if the guest spins without exiting; resolves with the
+   * outcome. Stopping a vCPU that has ended does nothing.
+   *
+   * @example
+   * ```ts ignore
+   * import { Kvm } from "./system.ts";
+   * const kvm = Kvm.open();
+   * const vm = kvm.createVm();
+   * vm.addMemory(0n, 0x10000n);
+   * const vcpu = await vm.startVcpu(0, { regs: { rip: 0x1000n } });
+   * const outcome = await vcpu.stop();
+   * console.log(outcome.kind); // "stopped", unless the guest ended first
+   * await vm.close();
+   * ```
+   */
   stop(): Promise<VcpuOutcome> {
     if (!this.#finished) {
+      // The worker checks the flag before each `KVM_RUN`, and `KVM_RUN` returns
+      // EINTR at once while `immediate_exit` is set: a kick that arrives before
+      // the thread enters `KVM_RUN` is not lost.
       Atomics.store(this.#ctl, Ctl.Stop, 1);
       this.#run?.setUint8(kvm_run.fields.immediate_exit.offset, 1);
-      if (this.#tid !== 0) {
-        try {
-          const c = libc();
-          c.tgkill(c.getpid(), this.#tid, SIGUSR2);
-        } catch {
-          // The thread has already ended; `done` resolves on its own.
-        }
-      }
+      this.#kick();
     }
     return this.done;
+  }
+
+  /** Interrupts `KVM_RUN` with SIGUSR2 if the vCPU's thread may be in it. */
+  #kick(): void {
+    // The thread lives until this thread terminates its Worker (the Worker never
+    // ends itself), and `#tid` is cleared before that: the id is still the
+    // vCPU thread's. `Done` is stored before the outcome is posted; after it
+    // the thread never enters `KVM_RUN` again.
+    if (
+      this.#tid === 0 ||
+      Atomics.load(this.#ctl, Ctl.State) === CtlState.Done
+    ) return;
+    try {
+      const c = libc();
+      c.tgkill(c.getpid(), this.#tid, SIGUSR2);
+    } catch {
+      // Only if the thread died on its own: `done` resolves through `onerror`.
+      this.#tid = 0;
+    }
   }
 }

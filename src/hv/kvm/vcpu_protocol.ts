@@ -27,7 +27,10 @@ export const CtlState = {
   Exit: 1,
   /** The owner has handled the exit. */
   Replied: 2,
-  /** The run has ended. */
+  /**
+   * The run has ended: the vCPU thread never enters `KVM_RUN` again, and the
+   * owner no longer kicks it. Stored before the outcome is posted.
+   */
   Done: 3,
 } as const;
 
@@ -51,7 +54,12 @@ export interface WorkerStart {
   sinkPorts: number[];
 }
 
-/** Messages from the worker. */
+/**
+ * Messages from the worker: "ready" once, then "outcome" once. `tid` is the
+ * vCPU thread's `gettid()`, for the owner's SIGUSR2 kick; the thread keeps it
+ * until the owner terminates the Worker, which the owner does only after the
+ * outcome (or the Worker's error), and it kicks no thread after that.
+ */
 export type WorkerReply =
   | { type: "ready"; tid: number; runAddress: bigint; vcpuFd: number }
   | { type: "outcome"; outcome: VcpuOutcome };

@@ -9,6 +9,11 @@
  * until the owner has read the exit from the shared `kvm_run` page and written
  * any reply into it. Writes to sink ports never leave this thread.
  *
+ * The owner stops the vCPU by kicking this thread with SIGUSR2 (see
+ * `vcpu.ts`), so the thread id it reports must stay this thread's while the
+ * owner may kick: the Worker never ends itself (no `self.close()`, no uncaught
+ * error once "ready" is out) and lives until the owner terminates it.
+ *
  * @module
  */
 
@@ -81,6 +86,8 @@ function start(msg: WorkerStart): void {
     if (runPtr !== null) c.munmap(runPtr, msg.mmapSize);
     if (vcpuFd >= 0) c.close(vcpuFd);
   }
+  // This thread never enters `KVM_RUN` again: `Done` tells the owner, before
+  // the outcome does, that a kick has nothing left to interrupt.
   Atomics.store(ctl, Ctl.State, CtlState.Done);
   Atomics.notify(ctl, Ctl.State);
   post({ type: "outcome", outcome });
