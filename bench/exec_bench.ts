@@ -134,11 +134,13 @@ await vm.boot({ timeoutMs: BOOT_TIMEOUT_MS });
 const empty = emptyProgram();
 for (let i = 0; i < 20; i++) await vm.run(empty);
 const rtt: number[] = [];
+const exits0 = vm.exitCount();
 for (let i = 0; i < ROUNDS; i++) {
   const t0 = performance.now();
   await vm.run(empty);
   rtt.push((performance.now() - t0) * 1000);
 }
+const exitsPerProgram = (vm.exitCount() - exits0) / ROUNDS;
 
 const bytes = STREAM_MIB * 1024 * 1024;
 const outSamples: number[] = [];
@@ -176,6 +178,9 @@ console.log(
   `program round trip (${ROUNDS}): min ${f(r.min / 1000)} / median ${
     f(r.median / 1000)
   } / p99 ${f(r.p99 / 1000)} / max ${f(r.max / 1000)} ms`,
+);
+console.log(
+  `userspace exits per program round trip: ${f(exitsPerProgram, 1)}`,
 );
 const floors = [floorBefore, floorAfter].filter((x) => x !== undefined);
 if (floors.length > 0) {

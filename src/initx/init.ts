@@ -172,6 +172,12 @@ export interface InitConfig {
   console?: string;
   /** What to do after a failure (default `"powerOff"`). */
   onFailure?: FailureAction;
+  /**
+   * Further steps, run after the console is attached and before the command,
+   * program or program loop (a container's root, say). They jump to
+   * `onError` on failure.
+   */
+  setup?: (m: MethodBuilder, onError: OnError) => void;
 }
 
 /**
@@ -218,6 +224,7 @@ export function buildInitProgram(config: InitConfig): Program {
     }
     attachConsole(m, { path: config.console ?? "/dev/console", onError });
     m.printf("%s\n", [p.string(config.marker ?? DEFAULT_MARKER)]);
+    config.setup?.(m, onError);
 
     if (config.run !== undefined) {
       const { path, argv: args, env, cwd } = config.run;

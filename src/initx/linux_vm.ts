@@ -322,6 +322,11 @@ export class LinuxVm {
     return linux;
   }
 
+  /** vCPU exits to userspace so far, summed over the vCPUs (a diagnostic). */
+  exitCount(): number {
+    return this.#vcpus.reduce((n, v) => n + v.exitCount(), 0);
+  }
+
   /** The console's last {@linkcode CONSOLE_TAIL_CHARS} characters so far. */
   consoleText(): string {
     return this.#console.text();

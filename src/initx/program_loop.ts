@@ -902,18 +902,40 @@ export function buildProgramLoopElf(
  * @param path The executable's path.
  * @param argv The arguments, `argv[0]` included.
  * @param options The environment (default {@link DEFAULT_ENV}, with a
- * standard `PATH`) and the working directory (default: the init's, `/`).
+ * standard `PATH`), the working directory (default: the init's, `/`), and
+ * the user and group to run as (default: the init's, root).
  * @returns The IR program.
  */
 export function buildExecProgram(
   path: string,
   argv: readonly string[],
-  options: { env?: readonly string[]; cwd?: string } = {},
+  options: {
+    env?: readonly string[];
+    cwd?: string;
+    uid?: number;
+    gid?: number;
+  } = {},
 ): Program {
   const p = new ProgramBuilder();
   p.method("main", (m) => {
     const errno = m.var("errno", { init: 0 });
     const step = m.var("step", { init: 0 });
+    const failed = (r: ReturnType<MethodBuilder["syscall"]>, what: string) =>
+      m.if(m.isNegative(r), () => {
+        m.sub(0, r, { into: errno });
+        m.set(step, p.string(what, { nulTerminated: true }).ptr);
+        m.goto("fail");
+      });
+    // Group first: after setuid the process may no longer change it.
+    if (options.gid !== undefined || options.uid !== undefined) {
+      failed(m.syscall("setgroups", [0, 0]), "setgroups");
+    }
+    if (options.gid !== undefined) {
+      failed(m.syscall("setgid", [options.gid]), `setgid ${options.gid}`);
+    }
+    if (options.uid !== undefined) {
+      failed(m.syscall("setuid", [options.uid]), `setuid ${options.uid}`);
+    }
     exec(m, {
       path,
       argv,

@@ -15,6 +15,7 @@
 import { CpioWriter } from "../boot/cpio.ts";
 import { ensureKernel } from "../boot/kernel.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
+import { VirtioConsole } from "../devices/virtio/console.ts";
 import { VirtioVsock } from "../devices/virtio/vsock/device.ts";
 import type { Hypervisor } from "../hv/hv.ts";
 import {
@@ -36,8 +37,19 @@ export const GUEST_CID = 3n;
 export const DEFAULT_BOOT_TIMEOUT_MS = 10_000;
 /** Default guest RAM of a {@linkcode VirtualMachine}, in MiB. */
 export const DEFAULT_VM_MEMORY_MIB = 256;
-/** Kernel modules the init loads (with their dependencies) for vsock. */
-const VSOCK_MODULES = ["virtio_mmio", "vmw_vsock_virtio_transport"];
+/**
+ * Kernel modules the init loads (with their dependencies): the virtio-mmio
+ * transport, vsock and the virtio console.
+ */
+const GUEST_MODULES = [
+  "virtio_mmio",
+  "vmw_vsock_virtio_transport",
+  "virtio_console",
+];
+/** The init's console once `virtio_console` is loaded. */
+const GUEST_CONSOLE = "/dev/hvc0";
+/** Console text kept for error messages, in characters. */
+const CONSOLE_TAIL_CHARS = 2000;
 /** Kernel log level without `dmesg`: emergencies only. */
 const QUIET_LOGLEVEL = "loglevel=1";
 
@@ -75,7 +87,11 @@ export interface VirtualMachineOptions {
   kernel?: { image: string | Uint8Array; modules?: string };
   /** Extra kernel command-line arguments, after initx's own. */
   cmdline?: string;
-  /** Receives the kernel's console (the serial port), in chunks. */
+  /**
+   * Receives the guest's consoles, in chunks: the kernel's log (the serial
+   * port; emergencies only unless `dmesg`) and the init's own console
+   * (virtio-console, `hvc0`).
+   */
   console?: (bytes: Uint8Array) => void;
   /** Kernel log at its normal level on the console (default: emergencies only). */
   dmesg?: boolean;
@@ -170,14 +186,18 @@ export class VirtualMachine {
   #options: VirtualMachineOptions;
   #linux: LinuxVm | undefined;
   #vsock: VirtioVsock;
+  #console: VirtioConsole;
   #server: VsockProgramServer;
   #booting: Promise<void> | undefined;
   #ended: LinuxVmResult | undefined;
   #closed = false;
+  #consoleTail = "";
+  #decoder = new TextDecoder();
 
   private constructor(options: VirtualMachineOptions) {
     this.#options = options;
     this.#vsock = new VirtioVsock({ guestCid: GUEST_CID });
+    this.#console = new VirtioConsole({ output: (b) => this.#onConsole(b) });
     this.#server = new VsockProgramServer(this.#vsock);
   }
 
@@ -225,9 +245,12 @@ export class VirtualMachine {
     const kernel = o.kernel ?? await ensureKernel();
     const modules: InitModule[] = kernel.modules === undefined
       ? []
-      : await loadInitModules(kernel.modules, VSOCK_MODULES);
+      : await loadInitModules(kernel.modules, GUEST_MODULES);
     const init = buildInitElf({
       modules,
+      console: modules.some((m) => m.name === "virtio_console")
+        ? GUEST_CONSOLE
+        : undefined,
       serve: { address: (port: number) => vsockAddress(port) },
     }, { arch });
     const cpio = new CpioWriter();
@@ -252,15 +275,20 @@ export class VirtualMachine {
       cmdline,
       cpus: o.cpus ?? 1,
       memoryMiB: o.memoryMiB ?? DEFAULT_VM_MEMORY_MIB,
-      onConsole: o.console,
-      virtioDevices: [this.#vsock, ...(o.devices ?? [])],
+      onConsole: (b) => this.#onConsole(b),
+      virtioDevices: [this.#vsock, this.#console, ...(o.devices ?? [])],
       onDeviceError: (message) => o.debug?.(`device: ${message}`),
       hypervisor: o.hypervisor,
     });
     this.#linux = linux;
     void linux.done.then((result) => {
       this.#ended = result;
-      const reason = `the VM ended: ${describeEnd(result)}`;
+      const tail = this.#consoleTail.trim();
+      const reason = `the VM ended: ${describeEnd(result)}${
+        tail && result.outcome.kind !== "panic"
+          ? `; the console's last lines:\n${tail}`
+          : ""
+      }`;
       this.#server.terminate(reason);
       this.#vsock.terminate(reason);
     });
@@ -373,6 +401,16 @@ export class VirtualMachine {
     };
   }
 
+  #onConsole(bytes: Uint8Array): void {
+    const text = this.#decoder.decode(bytes, { stream: true });
+    this.#consoleTail = (this.#consoleTail + text).slice(-CONSOLE_TAIL_CHARS);
+    try {
+      this.#options.console?.(bytes);
+    } catch (e) {
+      this.#options.debug?.(`console sink failed: ${(e as Error).message}`);
+    }
+  }
+
   /** Stops the VM and frees everything it holds. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -387,6 +425,14 @@ export class VirtualMachine {
   /** {@linkcode VirtualMachine.close}, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /**
+   * vCPU exits to userspace since boot, summed over the vCPUs: a diagnostic
+   * for benchmarks (0 before boot).
+   */
+  exitCount(): number {
+    return this.#linux?.exitCount() ?? 0;
   }
 
   /** How the VM's run ended, once it has; undefined while it runs. */

@@ -85,6 +85,7 @@ const SYSCALLS: Readonly<Record<string, readonly [number, number | null]>> = {
   getgid: [104, 176],
   setuid: [105, 146],
   setgid: [106, 144],
+  setgroups: [116, 159],
   geteuid: [107, 175],
   getegid: [108, 177],
   setpgid: [109, 154],

@@ -92,3 +92,31 @@ Deno.test("initx run busybox -- CMD returns the command's output and exit status
   equal(out, "hi from Linux\n[    0.000000] \nno-newline", errors.join("\n"));
   equal(code, 4, errors.join("\n"));
 });
+
+Deno.test("initx run -i streams stdin in; stdout and stderr come back apart", async (t) => {
+  const why = cannotBootLinuxReason();
+  if (!need(t, why === undefined, why ?? "")) return;
+  const { runCommand } = await import("../../src/cli/run.ts");
+  let out = "";
+  let errOut = "";
+  const errors: string[] = [];
+  const decoder = new TextDecoder();
+  const code = await runCommand([
+    "-i",
+    "--boot-timeout",
+    "180",
+    "busybox",
+    "--",
+    "sh",
+    "-c",
+    "while read l; do echo out:$l; echo err:$l >&2; done; exit 5",
+  ], {
+    out: (b) => out += decoder.decode(b),
+    errOut: (b) => errOut += decoder.decode(b),
+    err: (l) => errors.push(l),
+    stdin: new Blob(["one\n", "two\n"]).stream(),
+  });
+  equal(out, "out:one\nout:two\n", errors.join("\n"));
+  equal(errOut, "err:one\nerr:two\n", errors.join("\n"));
+  equal(code, 5, errors.join("\n"));
+});
