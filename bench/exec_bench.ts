@@ -75,7 +75,8 @@ function reader() {
     m.while(m.gt(n, 0), () => {
       m.syscall("read", [0, buf, CHUNK], { into: n });
     });
-    m.return(m.isNegative(n) ? 1 : 0);
+    m.if(m.isNegative(n), () => m.return(1));
+    m.return(0);
   });
   return p.build();
 }
