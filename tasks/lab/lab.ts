@@ -320,6 +320,80 @@ async function copyTree(src: string, dest: string): Promise<void> {
   }
 }
 
+/** The lab command's Deno cache (`DENO_DIR`). */
+const LAB_DENO_DIR = "/tmp/deno";
+
+/** npm packages (`name@version`) the project's lockfile pins. */
+async function lockedNpmPackages(): Promise<
+  { name: string; version: string }[]
+> {
+  let lock: { npm?: Record<string, unknown> };
+  try {
+    lock = JSON.parse(await Deno.readTextFile(join(PROJECT_ROOT, "deno.lock")));
+  } catch {
+    return [];
+  }
+  return Object.keys(lock.npm ?? {}).map((key) => {
+    const at = key.indexOf("@", 1); // a scoped name starts with "@"
+    // Deno writes peer dependencies after the version: "x@1.0.0_peer@2.0.0".
+    return {
+      name: key.slice(0, at),
+      version: key.slice(at + 1).split("_")[0]!,
+    };
+  });
+}
+
+/**
+ * The host directories of the npm packages the project uses, in Deno's npm
+ * cache (`deno install` fills it from the npm registry when one is
+ * missing), and where each goes inside the lab's `DENO_DIR`: the lab has no
+ * network, so code run there resolves `npm:` imports from this copy.
+ */
+export async function labNpmCache(
+  progress: (line: string) => void,
+): Promise<{ host: string; lab: string }[]> {
+  const packages = await lockedNpmPackages();
+  if (packages.length === 0) return [];
+  const info = JSON.parse(await run([Deno.execPath(), "info", "--json"]));
+  const registryDir = join(info.npmCache as string, "registry.npmjs.org");
+  const missing = async () => {
+    const out: string[] = [];
+    for (const p of packages) {
+      try {
+        await Deno.stat(join(registryDir, p.name, p.version));
+      } catch {
+        out.push(`${p.name}@${p.version}`);
+      }
+    }
+    return out;
+  };
+  if ((await missing()).length > 0) {
+    progress(
+      "lab: filling the Deno cache with the project's npm packages (deno install)",
+    );
+    await run([Deno.execPath(), "install"], { cwd: PROJECT_ROOT });
+    const still = await missing();
+    if (still.length > 0) {
+      throw new Error(
+        `Cannot carry ${
+          still.join(", ")
+        } into the KVM lab: not in the Deno cache ${registryDir} after "deno install"`,
+      );
+    }
+  }
+  const labRegistry = join(LAB_DENO_DIR, "npm", "registry.npmjs.org");
+  return packages.flatMap((p) => [
+    {
+      host: join(registryDir, p.name, p.version),
+      lab: join(labRegistry, p.name, p.version),
+    },
+    {
+      host: join(registryDir, p.name, "registry.json"),
+      lab: join(labRegistry, p.name, "registry.json"),
+    },
+  ]);
+}
+
 function shellQuote(s: string): string {
   return `'${s.replaceAll("'", `'\\''`)}'`;
 }
@@ -359,13 +433,18 @@ export async function runInLab(
     const overlay = join(work, "overlay");
     const cwd = resolve(options.cwd ?? PROJECT_ROOT);
     await copyTree(PROJECT_ROOT, join(overlay, PROJECT_ROOT));
+    for (const { host, lab } of await labNpmCache(progress)) {
+      const info = await Deno.stat(host).catch(() => undefined);
+      if (info?.isDirectory) await copyTree(host, join(overlay, lab));
+      else if (info?.isFile) await copyInto(overlay, host, lab);
+    }
     for (const [labPath, hostPath] of Object.entries(options.files ?? {})) {
       await copyInto(overlay, hostPath, labPath);
     }
     const env = passedEnv({
       ...options.env,
       HOME: "/tmp",
-      DENO_DIR: "/tmp/deno",
+      DENO_DIR: LAB_DENO_DIR,
       DENO_NO_UPDATE_CHECK: "1",
       INITX_IN_LAB: "1",
       INITX_LAB_KERNEL: "/lab/vmlinuz",

@@ -1,0 +1,284 @@
+/**
+ * Image layers: a layer blob (a tar archive, plain, gzip'd or zstd'd) read
+ * as a stream of {@linkcode LayerEntry} values for the filesystem layer
+ * (`src/vfs/`). Whiteouts (`.wh.NAME`, `.wh..wh..opq`) pass through as plain
+ * entries: applying them is the filesystem's business (OCI image spec,
+ * layer.md "Whiteouts").
+ *
+ * @module
+ */
+
+import { Duplex } from "node:stream";
+import { createZstdDecompress } from "node:zlib";
+import type { LayerEntry } from "../vfs/layer.ts";
+import { decodeTar } from "./tar.ts";
+
+/** OCI and Docker layer media types (OCI image spec, layer.md and media-types.md). */
+export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
+  "application/vnd.oci.image.layer.v1.tar",
+  "application/vnd.oci.image.layer.v1.tar+gzip",
+  "application/vnd.oci.image.layer.v1.tar+zstd",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+  "application/vnd.docker.image.rootfs.diff.tar",
+  "application/vnd.docker.image.rootfs.diff.tar.gzip",
+  "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+]);
+
+/** gzip's magic bytes (RFC 1952 section 2.3.1: ID1 ID2). */
+const GZIP_MAGIC = [0x1f, 0x8b];
+/** zstd's frame magic number 0xFD2FB528, little-endian (RFC 8878 section 3.1.1). */
+const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd];
+
+/** How a layer blob is compressed. */
+export type LayerCompression = "none" | "gzip" | "zstd";
+
+/** Options of {@linkcode readLayer}. */
+export interface ReadLayerOptions {
+  /**
+   * Whether to yield the layer's root directory entry (`./`); it has no path
+   * of its own, so it is skipped by default.
+   */
+  keepRoot?: boolean;
+}
+
+function startsWith(bytes: Uint8Array, magic: number[]): boolean {
+  return magic.every((b, i) => bytes[i] === b);
+}
+
+/**
+ * Splits off the first bytes of a stream (to sniff its compression) and
+ * returns them with a stream that yields all bytes, those first.
+ */
+async function peek(
+  stream: ReadableStream<Uint8Array>,
+  want: number,
+): Promise<[Uint8Array, ReadableStream<Uint8Array>]> {
+  const reader = stream.getReader();
+  const head: Uint8Array[] = [];
+  let have = 0;
+  let done = false;
+  while (have < want) {
+    const r = await reader.read();
+    if (r.done) {
+      done = true;
+      break;
+    }
+    head.push(r.value);
+    have += r.value.length;
+  }
+  const first = new Uint8Array(have);
+  let at = 0;
+  for (const h of head) {
+    first.set(h, at);
+    at += h.length;
+  }
+  let sentHead = false;
+  const all = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!sentHead) {
+        sentHead = true;
+        if (first.length > 0) controller.enqueue(first);
+        if (done) controller.close();
+        return;
+      }
+      const r = await reader.read();
+      if (r.done) controller.close();
+      else controller.enqueue(r.value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return [first, all];
+}
+
+/**
+ * The compression of a layer from its first bytes; the media type only
+ * decides when the bytes say nothing (an empty blob).
+ *
+ * @example
+ * ```ts
+ * import { sniffCompression } from "./layer.ts";
+ * console.log(sniffCompression(new Uint8Array([0x1f, 0x8b, 8, 0]))); // "gzip"
+ * ```
+ */
+export function sniffCompression(
+  head: Uint8Array,
+  mediaType = "",
+): LayerCompression {
+  if (startsWith(head, GZIP_MAGIC)) return "gzip";
+  if (startsWith(head, ZSTD_MAGIC)) return "zstd";
+  if (head.length === 0) {
+    if (/gzip$/.test(mediaType)) return "gzip";
+    if (/zstd$/.test(mediaType)) return "zstd";
+  }
+  return "none";
+}
+
+/**
+ * Decompresses a stream. gzip uses the Web `DecompressionStream`; zstd uses
+ * `node:zlib`, since Deno 2.9's `DecompressionStream` does not know `"zstd"`.
+ */
+export function decompress(
+  stream: ReadableStream<Uint8Array>,
+  compression: LayerCompression,
+): ReadableStream<Uint8Array> {
+  switch (compression) {
+    case "none":
+      return stream;
+    case "gzip":
+      return stream.pipeThrough(
+        new DecompressionStream("gzip") as unknown as ReadableWritablePair<
+          Uint8Array,
+          Uint8Array
+        >,
+      );
+    case "zstd": {
+      if (typeof createZstdDecompress !== "function") {
+        throw new Error(
+          "Cannot decompress a zstd layer: this runtime's node:zlib has no zstd (use a gzip image)",
+        );
+      }
+      const pair = Duplex.toWeb(createZstdDecompress()) as unknown as {
+        readable: ReadableStream<Uint8Array>;
+        writable: WritableStream<Uint8Array>;
+      };
+      return stream.pipeThrough(pair);
+    }
+    default: {
+      const never: never = compression;
+      throw new Error(`Cannot decompress: unknown compression "${never}"`);
+    }
+  }
+}
+
+/**
+ * Normalizes a tar path: no leading `/` or `./`, no `.` or empty
+ * components. A `..` component is an error: a layer must not write outside
+ * the root. Returns `""` for the root itself.
+ *
+ * @example
+ * ```ts
+ * import { normalizeLayerPath } from "./layer.ts";
+ * console.log(normalizeLayerPath("./usr//bin/")); // "usr/bin"
+ * ```
+ */
+export function normalizeLayerPath(name: string): string {
+  const parts: string[] = [];
+  for (const part of name.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") {
+      throw new Error(
+        `Cannot read the layer entry "${name}": its path leaves the root`,
+      );
+    }
+    parts.push(part);
+  }
+  return parts.join("/");
+}
+
+/**
+ * A stream of one chunk.
+ *
+ * @example
+ * ```ts
+ * import { bytesStream } from "./layer.ts";
+ * console.log(await new Response(bytesStream(new Uint8Array([104, 105]))).text()); // hi
+ * ```
+ */
+export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      if (bytes.length > 0) controller.enqueue(bytes);
+      controller.close();
+    },
+  });
+}
+
+function lowerFirst(s: string): string {
+  return s.charAt(0).toLowerCase() + s.slice(1);
+}
+
+async function readAll(body: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(body).arrayBuffer());
+}
+
+/**
+ * Reads a layer blob as a stream of entries. `blob` may be gzip- or
+ * zstd-compressed or plain (sniffed from its first bytes); `mediaType` must
+ * be a layer media type ({@linkcode LAYER_MEDIA_TYPES}). Whiteouts and hard
+ * links pass through as entries; symlink targets are kept as stored, hard
+ * link targets are normalized like paths. A file's data is read whole.
+ *
+ * @example
+ * ```ts
+ * import { readLayer } from "./layer.ts";
+ * import { encodeTar } from "./tar.ts";
+ * const tar = await encodeTar([{ name: "etc/", kind: "directory" }]);
+ * for await (const e of readLayer(tar, "application/vnd.oci.image.layer.v1.tar")) {
+ *   console.log(e.type, e.path); // directory etc
+ * }
+ * ```
+ */
+export async function* readLayer(
+  blob: ReadableStream<Uint8Array> | Uint8Array,
+  mediaType: string,
+  options: ReadLayerOptions = {},
+): AsyncGenerator<LayerEntry> {
+  if (!LAYER_MEDIA_TYPES.has(mediaType)) {
+    if (blob instanceof ReadableStream) await blob.cancel();
+    throw new Error(
+      `Cannot read the layer: unsupported media type "${mediaType}"${
+        mediaType.includes("encrypted") ? " (encrypted layers)" : ""
+      }`,
+    );
+  }
+  const source = blob instanceof Uint8Array ? bytesStream(blob) : blob;
+  const [head, stream] = await peek(source, ZSTD_MAGIC.length);
+  const compression = sniffCompression(head, mediaType);
+  try {
+    for await (const m of decodeTar(decompress(stream, compression))) {
+      const path = normalizeLayerPath(m.name);
+      if (path === "" && !options.keepRoot) {
+        await m.body.cancel();
+        continue;
+      }
+      const entry: LayerEntry = {
+        path,
+        type: m.kind,
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        mtimeMs: m.mtimeMs,
+      };
+      if (m.kind === "file") entry.data = await readAll(m.body);
+      else await m.body.cancel();
+      if (m.kind === "symlink") entry.linkTarget = m.linkName ?? "";
+      if (m.kind === "hardlink") {
+        entry.linkTarget = normalizeLayerPath(m.linkName ?? "");
+        if (entry.linkTarget === "") {
+          throw new Error(
+            `Cannot read the layer entry "${m.name}": a hard link to the root`,
+          );
+        }
+      }
+      if (m.kind === "char" || m.kind === "block") {
+        entry.devMajor = m.devMajor;
+        entry.devMinor = m.devMinor;
+      }
+      if (m.xattrs) entry.xattrs = m.xattrs;
+      yield entry;
+    }
+  } catch (e) {
+    const message = (e as Error).message;
+    if (message.startsWith("Cannot read the layer")) throw e;
+    throw new Error(
+      `Cannot read the layer (${
+        compression === "none" ? "tar" : compression
+      }): ${lowerFirst(message.replace(/\.$/, ""))}`,
+      { cause: e },
+    );
+  }
+}
