@@ -372,6 +372,7 @@ export const KVM_CAP = {
   NR_VCPUS: 9,
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
+  TSC_DEADLINE_TIMER: 72,
 } as const;
 
 /** `KVM_EXIT_*` exit reasons. */

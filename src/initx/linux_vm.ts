@@ -253,15 +253,33 @@ export class LinuxVm {
     let vm: HvVm;
     try {
       vm = hypervisor.createVm({ irqchip: true });
-    } catch (e) {
+    } finally {
+      // A hypervisor of our own serves this VM only: closed now, it holds
+      // nothing back for later VMs, and the VM lives on through its own
+      // handle.
       owned?.close();
-      throw e;
     }
     const linux = new LinuxVm(vm, {
       ownedHypervisor: owned,
       onConsole: options.onConsole,
     });
+    const handlers = {
+      io: (a: IoAccess) => linux.#io(a),
+      mmio: (a: MmioAccess) => linux.#mmio(a),
+    };
+    const sinkPorts = [POST_CODE_PORT];
+    let others: Promise<void>[] = [];
     try {
+      // The other vCPUs first, all at once, so that their threads get ready
+      // in parallel and while guest memory is filled below. They wait in the
+      // in-kernel LAPIC for the INIT/SIPI that vCPU 0 sends, so they must
+      // all exist before vCPU 0 runs.
+      others = Array.from({ length: cpus - 1 }, async (_, i) => {
+        const id = cpus - 1 - i;
+        const vcpu = await vm.startVcpu(id, { handlers, sinkPorts });
+        linux.#vcpus.push(vcpu);
+        vcpu.done.then((o) => linux.#vcpuEnded(id, o));
+      });
       for (const r of guestRamRegions(memoryBytes)) {
         vm.addMemory(r.start, r.size);
       }
@@ -285,32 +303,23 @@ export class LinuxVm {
           transport,
         });
       });
-      const handlers = {
-        io: (a: IoAccess) => linux.#io(a),
-        mmio: (a: MmioAccess) => linux.#mmio(a),
-      };
-      const sinkPorts = [POST_CODE_PORT];
-      // The other vCPUs first: they wait for the SIPI that vCPU 0 sends.
-      for (let id = cpus - 1; id >= 0; id--) {
-        // A vCPU that already failed ended the run: start no more.
-        if (linux.#ended) break;
-        if (id === 0) linux.#startedAt = performance.now();
-        const vcpu = await vm.startVcpu(
-          id,
-          id === 0
-            ? {
-              regs: plan.cpu.regs,
-              sregs: toHvSregs(plan.cpu.sregs),
-              handlers,
-              sinkPorts,
-            }
-            : { handlers, sinkPorts },
-        );
+      await Promise.all(others);
+      // A vCPU that already failed ended the run: start no more.
+      if (!linux.#ended) {
+        linux.#startedAt = performance.now();
+        const vcpu = await vm.startVcpu(0, {
+          regs: plan.cpu.regs,
+          sregs: toHvSregs(plan.cpu.sregs),
+          handlers,
+          sinkPorts,
+        });
         linux.#vcpus.push(vcpu);
-        vcpu.done.then((o) => linux.#vcpuEnded(id, o));
+        vcpu.done.then((o) => linux.#vcpuEnded(0, o));
       }
     } catch (e) {
       await linux.close();
+      // Starts still under way fail once the VM is closed: nothing to report.
+      await Promise.allSettled(others);
       throw e;
     }
     if (options.timeoutMs !== undefined && !linux.#ended) {

@@ -1,6 +1,7 @@
 /**
  * Conversions between the typed register objects of `hv.ts` and the bytes of
- * `struct kvm_regs` / `struct kvm_sregs`, and per-vCPU CPUID fix-ups.
+ * `struct kvm_regs` / `struct kvm_sregs`, per-vCPU CPUID fix-ups and the
+ * initial XCR0.
  *
  * @module
  */
@@ -12,10 +13,13 @@ import {
   kvm_regs,
   kvm_segment,
   kvm_sregs,
+  kvm_xcrs,
   readField,
   writeStruct,
 } from "../../../ffi/kvm.ts";
 import type { Segment, X86Regs, X86Sregs } from "../hv.ts";
+export type { Segment, X86Regs, X86Sregs } from "../hv.ts";
+import { guestXcr0, parseCpuid } from "./cpuid.ts";
 
 const REG_NAMES = [
   "rax",
@@ -71,23 +75,19 @@ export function writeSregs(view: DataView, sregs: Partial<X86Sregs>): void {
   );
 }
 
-/** Leaf 1 ECX bit 24: the LAPIC timer has TSC-deadline mode. */
-const CPUID_1_ECX_TSC_DEADLINE = 1 << 24;
-/** Leaf 1 ECX bit 31: running under a hypervisor. */
-const CPUID_1_ECX_HYPERVISOR = 1 << 31;
-
 /**
- * Makes the host's supported CPUID right for vCPU `id`: its initial APIC id
- * (leaf 1 EBX[31:24]) and x2APIC id (leaves 0xb and 0x1f EDX).
+ * Makes the guest CPUID (from `guestCpuid()`, see `cpuid.ts`) right for vCPU
+ * `id`: its initial APIC id (leaf 1 EBX[31:24]) and x2APIC id (leaves 0xb and
+ * 0x1f EDX).
  *
- * It also sets two leaf 1 ECX bits that `KVM_GET_SUPPORTED_CPUID` leaves to
- * userspace (Documentation/virt/kvm/api.rst):
- * - "hypervisor": without it Linux never looks at the KVM leaves
- *   0x40000000/0x40000001, so it runs without kvmclock and calibrates the TSC
- *   against legacy timers that a hardware-reduced ACPI machine does not have;
- * - "TSC-deadline": the in-kernel LAPIC has emulated it since Linux 3.2
- *   (`KVM_CAP_TSC_DEADLINE_TIMER`); with it the guest skips the LAPIC timer
- *   calibration.
+ * @example
+ * ```ts
+ * import { cpuidForVcpu } from "./regs.ts";
+ * import { encodeCpuid, parseCpuid } from "./cpuid.ts";
+ * const leaf1 = { function: 1, index: 0, flags: 0, eax: 0, ebx: 0, ecx: 0, edx: 0 };
+ * const bytes = cpuidForVcpu(encodeCpuid([leaf1]), 3);
+ * console.log(parseCpuid(bytes)[0]!.ebx >>> 24); // 3
+ * ```
  */
 export function cpuidForVcpu(cpuid: Uint8Array, id: number): Uint8Array {
   const copy = cpuid.slice();
@@ -98,14 +98,44 @@ export function cpuidForVcpu(cpuid: Uint8Array, id: number): Uint8Array {
     const fn = Number(readField(view, kvm_cpuid_entry2, "function", at));
     if (fn === 1) {
       const ebx = Number(readField(view, kvm_cpuid_entry2, "ebx", at));
-      const ecx = Number(readField(view, kvm_cpuid_entry2, "ecx", at));
       writeStruct(view, kvm_cpuid_entry2, {
         ebx: ((ebx & 0x00ffffff) | (id << 24)) >>> 0,
-        ecx: (ecx | CPUID_1_ECX_TSC_DEADLINE | CPUID_1_ECX_HYPERVISOR) >>> 0,
       }, at);
     } else if (fn === 0xb || fn === 0x1f) {
       writeStruct(view, kvm_cpuid_entry2, { edx: id }, at);
     }
   }
   return copy;
+}
+
+/**
+ * Offset of `value` in `struct kvm_xcr { __u32 xcr; __u32 reserved; __u64
+ * value; }` (arch/x86/include/uapi/asm/kvm.h).
+ */
+const KVM_XCR_VALUE = 8;
+
+/**
+ * The `kvm_xcrs` bytes for `KVM_SET_XCRS` that start a vCPU with CPUID
+ * `cpuid` (`kvm_cpuid2` bytes) at XCR0 = every state component it is offered
+ * (`guestXcr0()`), or undefined when it is offered no XSAVE. Set it after
+ * `KVM_SET_CPUID2`: KVM accepts only the XCR0 bits the CPUID offers. Why not
+ * the reset value 1: see `cpuid.ts`.
+ *
+ * @example
+ * ```ts
+ * import { xcrsForVcpu } from "./regs.ts";
+ * import { encodeCpuid } from "./cpuid.ts";
+ * console.log(xcrsForVcpu(encodeCpuid([]))); // undefined
+ * ```
+ */
+export function xcrsForVcpu(cpuid: Uint8Array): Uint8Array | undefined {
+  const xcr0 = guestXcr0(parseCpuid(cpuid));
+  if (xcr0 === undefined) return undefined;
+  const bytes = new Uint8Array(kvm_xcrs.size);
+  const view = new DataView(bytes.buffer);
+  writeStruct(view, kvm_xcrs, { nr_xcrs: 1 });
+  const xcr = kvm_xcrs.fields.xcrs.offset;
+  view.setUint32(xcr, 0, true); // XCR0
+  view.setBigUint64(xcr + KVM_XCR_VALUE, xcr0, true);
+  return bytes;
 }

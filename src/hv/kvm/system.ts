@@ -9,12 +9,15 @@ import { Errno, libc, O_CLOEXEC, O_RDWR, OsError } from "../../../ffi/libc.ts";
 import {
   KVM,
   KVM_API_VERSION,
+  KVM_CAP,
   kvm_cpuid2,
   kvm_cpuid_entry2,
   writeStruct,
 } from "../../../ffi/kvm.ts";
 import type { Hypervisor } from "../hv.ts";
+import { encodeCpuid, guestCpuid, parseCpuid } from "./cpuid.ts";
 import { KvmVm } from "./vm.ts";
+import { VcpuThreadPool } from "./vcpu.ts";
 
 /** The device node of KVM. */
 export const KVM_DEVICE = "/dev/kvm";
@@ -39,6 +42,11 @@ export class Kvm implements Hypervisor {
   #fd: number;
   #cpuid: Uint8Array | undefined;
   #mmapSize: number;
+  /**
+   * The vCPU threads of every VM made here: a thread whose vCPU has ended
+   * serves the next VM's, which then starts without waiting for a new one.
+   */
+  #threads = new VcpuThreadPool();
 
   private constructor(fd: number) {
     this.#fd = fd;
@@ -108,10 +116,16 @@ export class Kvm implements Hypervisor {
     return this.#cpuid;
   }
 
-  /** Creates a VM (`KVM_CREATE_VM`). */
+  /**
+   * Creates a VM (`KVM_CREATE_VM`); its vCPUs get the CPUID `guestCpuid()`
+   * derives from the supported one (see `cpuid.ts`).
+   */
   createVm(options: { irqchip?: boolean } = {}): KvmVm {
     const c = libc();
-    const cpuid = this.supportedCpuid();
+    const cpuid = encodeCpuid(guestCpuid(parseCpuid(this.supportedCpuid()), {
+      tscDeadlineTimer: this.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0,
+      irqchip: options.irqchip ?? false,
+    }));
     let fd: number;
     try {
       fd = c.ioctl(this.#fd, KVM.CREATE_VM, 0, "KVM_CREATE_VM");
@@ -128,11 +142,17 @@ export class Kvm implements Hypervisor {
       irqchip: options.irqchip,
       mmapSize: this.#mmapSize,
       cpuid,
+      threads: this.#threads,
     });
   }
 
-  /** Closes `/dev/kvm`. Safe to call twice. */
+  /**
+   * Closes `/dev/kvm` and ends the idle vCPU threads. VMs made here keep
+   * working; their threads end with their vCPUs (or with the VM, for those
+   * it took ahead). Safe to call twice.
+   */
   close(): void {
+    this.#threads.close();
     if (this.#fd < 0) return;
     libc().close(this.#fd);
     this.#fd = -1;

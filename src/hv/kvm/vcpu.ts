@@ -17,6 +17,15 @@
  *   after it was terminated, so that a thread id the kernel has handed to a new
  *   thread is never signalled.
  *
+ * A Worker costs far more to start than a vCPU. In the KVM lab, `new Worker`
+ * blocks the calling thread for about 0.4 s while the new isolate is made,
+ * then its modules and its own `dlopen` take 0.2-0.4 s more on the new
+ * thread. So the threads come from a {@linkcode VcpuThreadPool}: started
+ * ahead, so that the loading overlaps the caller's own VM setup, and reused
+ * once their vCPU has ended, which costs nothing. A kick still in flight when a
+ * thread moves on to its next vCPU makes that vCPU's `KVM_RUN` return EINTR
+ * once, which the Worker's loop takes as a spurious wake-up and runs on.
+ *
  * @module
  */
 
@@ -35,6 +44,20 @@ const SERVE_POLL_MS = 0.2;
 /** The longest the owner serves exits without yielding to its event loop. */
 const SERVE_STREAK_MS = 5;
 
+/**
+ * The most idle threads a pool keeps; more given back end at once. Each one
+ * is an isolate of a few megabytes waiting for its next vCPU.
+ */
+const MAX_IDLE_THREADS = 8;
+/**
+ * How long a thread stays idle before it ends: long enough to serve the next
+ * VM of a program that boots one after another with other work in between
+ * (a benchmark's peer boot takes 15-20 s in the KVM lab). An idle Worker
+ * keeps the process alive, so this also bounds how long a pool nobody closes
+ * delays the exit of a program that is otherwise done.
+ */
+export const IDLE_THREAD_MS = 60_000;
+
 let kickListenerInstalled = false;
 
 /**
@@ -45,6 +68,109 @@ function installKickListener(): void {
   if (kickListenerInstalled) return;
   Deno.addSignalListener("SIGUSR2", () => {});
   kickListenerInstalled = true;
+}
+
+/**
+ * Threads for vCPUs: Workers running `vcpu_worker.ts`, started ahead of need
+ * and reused after their vCPU has ended. Idle threads keep the process
+ * alive, so whoever owns the pool closes it (`Kvm.close()` does); a thread
+ * idle for {@linkcode IDLE_THREAD_MS} ends by itself.
+ *
+ * @example
+ * ```ts
+ * import { VcpuThreadPool } from "./vcpu.ts";
+ * const threads = new VcpuThreadPool();
+ * const worker = threads.take(); // a new thread: it loads from now on
+ * threads.give(worker); // once its vCPU has ended (here: none ran)
+ * console.assert(threads.take() === worker && threads.started === 1);
+ * threads.give(worker);
+ * threads.close(); // ends it
+ * ```
+ */
+export class VcpuThreadPool {
+  #idle: { worker: Worker; timer: ReturnType<typeof setTimeout> }[] = [];
+  #idleMs: number;
+  #started = 0;
+  #closed = false;
+
+  /** `idleMs`: how long a thread may wait idle (default {@linkcode IDLE_THREAD_MS}). */
+  constructor(options: { idleMs?: number } = {}) {
+    this.#idleMs = options.idleMs ?? IDLE_THREAD_MS;
+  }
+
+  /** Threads waiting for their next vCPU. */
+  get idleCount(): number {
+    return this.#idle.length;
+  }
+
+  /** Threads started so far (each one a new Worker). */
+  get started(): number {
+    return this.#started;
+  }
+
+  /**
+   * An idle thread, else a new one, whose modules then load in parallel
+   * with the caller. The caller owns it and handles its `error` events: it
+   * gives it back once the thread has reported its vCPU's outcome (or
+   * before it sent the thread a vCPU), or terminates it.
+   */
+  take(): Worker {
+    const idle = this.#idle.shift();
+    if (idle === undefined) {
+      this.#started++;
+      return spawnVcpuThread();
+    }
+    clearTimeout(idle.timer);
+    idle.worker.onerror = null;
+    return idle.worker;
+  }
+
+  /**
+   * Takes back a thread that has reported its vCPU's outcome (it will not
+   * enter `KVM_RUN` again for that vCPU) or that never got one; ends it if
+   * the pool is closed or full.
+   */
+  give(worker: Worker): void {
+    if (this.#closed || this.#idle.length >= MAX_IDLE_THREADS) {
+      worker.terminate();
+      return;
+    }
+    worker.onmessage = null;
+    this.#park(worker);
+  }
+
+  /** Ends the idle threads; threads given back later end at once. */
+  close(): void {
+    this.#closed = true;
+    for (const { worker, timer } of this.#idle.splice(0)) {
+      clearTimeout(timer);
+      worker.terminate();
+    }
+  }
+
+  #park(worker: Worker): void {
+    const retire = () => {
+      const at = this.#idle.findIndex((i) => i.worker === worker);
+      if (at >= 0) clearTimeout(this.#idle.splice(at, 1)[0]!.timer);
+      worker.terminate();
+    };
+    // A thread that fails while idle (its module did not load) is dropped:
+    // the next `take()` starts a new one, whose failure reaches its vCPU.
+    worker.onerror = (e) => {
+      e.preventDefault();
+      retire();
+    };
+    const timer = setTimeout(retire, this.#idleMs);
+    // The idle thread is what keeps the process alive, not this timer.
+    Deno.unrefTimer(timer);
+    this.#idle.push({ worker, timer });
+  }
+}
+
+function spawnVcpuThread(): Worker {
+  return new Worker(new URL("./vcpu_worker.ts", import.meta.url).href, {
+    type: "module",
+  });
 }
 
 /** A vCPU running in its own Worker. Made by `KvmVm.startVcpu`. */
@@ -83,21 +209,28 @@ export class KvmVcpu implements HvVcpu {
     return this.#done;
   }
 
-  /** Starts vCPU `id` of the VM `vmFd`; resolves once it is about to run. */
+  /**
+   * Starts vCPU `id` of the VM `vmFd` on `worker`, a thread taken from
+   * `threads` (which gets it back after the run); resolves once the vCPU is
+   * about to run.
+   */
   static start(
     vmFd: number,
     id: number,
-    options: { mmapSize: number; cpuid?: Uint8Array; init: VcpuInit },
+    options: {
+      mmapSize: number;
+      cpuid?: Uint8Array;
+      init: VcpuInit;
+      worker: Worker;
+      threads: VcpuThreadPool;
+    },
   ): Promise<KvmVcpu> {
     installKickListener();
     const control = new SharedArrayBuffer(Ctl.Length * 4);
     const ctl = new Int32Array(control);
-    const worker = new Worker(
-      new URL("./vcpu_worker.ts", import.meta.url).href,
-      {
-        type: "module",
-      },
-    );
+    const worker = options.worker;
+    /** Whether the thread reported the outcome itself, and so can be reused. */
+    let reported = false;
     let resolveOutcome!: (o: VcpuOutcome) => void;
     const outcome = new Promise<VcpuOutcome>((r) => resolveOutcome = r);
     return new Promise((resolveReady, rejectReady) => {
@@ -107,7 +240,8 @@ export class KvmVcpu implements HvVcpu {
       });
       vcpu.#done = outcome.then((o) => {
         vcpu.#tid = 0;
-        worker.terminate();
+        if (reported) options.threads.give(worker);
+        else worker.terminate();
         vcpu.#finished = true;
         vcpu.#release();
         if (vcpu.#handlerError !== undefined) {
@@ -123,6 +257,7 @@ export class KvmVcpu implements HvVcpu {
         } else {
           // The thread has left `KVM_RUN` for good: no more kicks.
           vcpu.#tid = 0;
+          reported = true;
           resolveOutcome(msg.outcome);
           // A vCPU that failed before it was ready still resolves `start`.
           resolveReady(vcpu);

@@ -34,7 +34,10 @@ export const CtlState = {
   Done: 3,
 } as const;
 
-/** The one message the owner sends: create the vCPU and run it. */
+/**
+ * The one message the owner sends per vCPU: create the vCPU and run it. A
+ * Worker gets the next one only after it has posted the outcome of the last.
+ */
 export interface WorkerStart {
   /** The VM's fd (fds are shared by all threads of the process). */
   vmFd: number;

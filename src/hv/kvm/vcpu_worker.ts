@@ -14,6 +14,11 @@
  * owner may kick: the Worker never ends itself (no `self.close()`, no uncaught
  * error once "ready" is out) and lives until the owner terminates it.
  *
+ * The Worker serves one vCPU at a time and may serve several in turn: it is
+ * started before its first start message comes (loading this module and its
+ * `dlopen` are the slow part), and after it has posted an outcome the owner
+ * may send it the next vCPU's start message instead of ending it.
+ *
  * @module
  */
 
@@ -36,7 +41,13 @@ import {
   KVM_SYSTEM_EVENT,
 } from "../../../ffi/kvm.ts";
 import type { VcpuOutcome, X86Regs, X86Sregs } from "../hv.ts";
-import { cpuidForVcpu, readRegs, writeRegs, writeSregs } from "./regs.ts";
+import {
+  cpuidForVcpu,
+  readRegs,
+  writeRegs,
+  writeSregs,
+  xcrsForVcpu,
+} from "./regs.ts";
 import {
   Ctl,
   CtlState,
@@ -64,6 +75,16 @@ function start(msg: WorkerStart): void {
         Deno.UnsafePointer.of(cpuid),
         "KVM_SET_CPUID2",
       );
+      // After the CPUID: KVM accepts only the XCR0 bits it offers.
+      const xcrs = xcrsForVcpu(cpuid);
+      if (xcrs !== undefined) {
+        c.ioctl(
+          vcpuFd,
+          KVM.SET_XCRS,
+          Deno.UnsafePointer.of(xcrs),
+          "KVM_SET_XCRS",
+        );
+      }
     }
     setRegisters(vcpuFd, msg.regs, msg.sregs);
     post({

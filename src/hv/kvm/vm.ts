@@ -23,12 +23,18 @@ import {
 } from "../../../ffi/kvm.ts";
 import type { HvVcpu, HvVm, VcpuInit } from "../hv.ts";
 import { GuestMemory } from "../memory.ts";
-import { KvmVcpu } from "./vcpu.ts";
+import { KvmVcpu, VcpuThreadPool } from "./vcpu.ts";
 
 /** Where KVM's three-page TSS goes: just below the 4 GiB boundary's BIOS area. */
 export const TSS_ADDRESS = 0xfffb_d000n;
 /** Where KVM's identity-map page goes: the page before the TSS. */
 export const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
+/**
+ * The boot vCPU (BSP): vCPU 0 unless `KVM_SET_BOOT_CPU_ID` names another
+ * (Documentation/virt/kvm/api.rst, KVM_SET_BOOT_CPU_ID), which initx never
+ * calls.
+ */
+const BOOT_VCPU_ID = 0;
 
 /** Options of {@linkcode KvmVm}. */
 export interface KvmVmOptions {
@@ -36,8 +42,13 @@ export interface KvmVmOptions {
   irqchip?: boolean;
   /** `KVM_GET_VCPU_MMAP_SIZE`. */
   mmapSize: number;
-  /** Supported CPUID as `kvm_cpuid2` bytes. */
+  /** The vCPUs' CPUID (`guestCpuid()` of `cpuid.ts`) as `kvm_cpuid2` bytes. */
   cpuid?: Uint8Array;
+  /**
+   * Where the vCPUs' threads come from (default: a pool of the VM's own,
+   * closed with it).
+   */
+  threads?: VcpuThreadPool;
 }
 
 /** A VM made by `Kvm.createVm()`. */
@@ -50,12 +61,26 @@ export class KvmVm implements HvVm {
   #memories: GuestMemory[] = [];
   #vcpus: KvmVcpu[] = [];
   #starting = new Set<Promise<KvmVcpu>>();
+  #threads: VcpuThreadPool;
+  #ownedThreads: VcpuThreadPool | undefined;
+  /**
+   * Threads this VM took ahead for its next vCPUs: the first one when the VM
+   * was made, then one for the boot vCPU while the others start.
+   */
+  #spares: { worker: Worker; failed: boolean }[] = [];
+  #bootVcpuStarted = false;
   #closed = false;
 
-  /** Takes ownership of the VM fd `fd`. */
+  /**
+   * Takes ownership of the VM fd `fd`, and starts a thread for the first vCPU
+   * right away: it loads while the caller adds memory and builds its boot
+   * plan.
+   */
   constructor(fd: number, options: KvmVmOptions) {
     this.#fd = fd;
     this.#options = options;
+    this.#threads = options.threads ??
+      (this.#ownedThreads = new VcpuThreadPool());
     const c = libc();
     try {
       c.ioctl(fd, KVM.SET_TSS_ADDR, TSS_ADDRESS, "KVM_SET_TSS_ADDR");
@@ -81,8 +106,10 @@ export class KvmVm implements HvVm {
       }
     } catch (e) {
       c.close(fd);
+      this.#ownedThreads?.close();
       throw e;
     }
+    this.#reserveThread();
   }
 
   /** Guest RAM added so far. */
@@ -134,14 +161,25 @@ export class KvmVm implements HvVm {
     this.#memories.push(this.#memory);
   }
 
-  /** Starts vCPU `id` in its own Worker. */
+  /**
+   * Starts vCPU `id` in its own Worker. Starts may overlap: their threads
+   * load in parallel.
+   *
+   * An x86 boot starts the other vCPUs before the boot vCPU, so that they
+   * exist (waiting in the in-kernel LAPIC) when it sends INIT/SIPI: until the
+   * boot vCPU has started, each start also takes a thread ahead for the next.
+   */
   async startVcpu(id: number, init: VcpuInit): Promise<HvVcpu> {
     this.#checkOpen();
     const starting = KvmVcpu.start(this.#fd, id, {
       mmapSize: this.#options.mmapSize,
       cpuid: this.#options.cpuid,
       init,
+      worker: this.#takeThread(),
+      threads: this.#threads,
     });
+    if (id === BOOT_VCPU_ID) this.#bootVcpuStarted = true;
+    else if (!this.#bootVcpuStarted) this.#reserveThread();
     this.#starting.add(starting);
     let vcpu: KvmVcpu;
     try {
@@ -185,6 +223,32 @@ export class KvmVm implements HvVm {
     for (const s of this.#slots) c.munmap(s.ptr, s.size);
     this.#slots = [];
     c.close(this.#fd);
+    for (const s of this.#spares.splice(0)) {
+      if (!s.failed) this.#threads.give(s.worker);
+    }
+    this.#ownedThreads?.close();
+  }
+
+  /** Takes a thread for a later vCPU now, so that it loads meanwhile. */
+  #reserveThread(): void {
+    const spare = { worker: this.#threads.take(), failed: false };
+    // Until a vCPU has it, a thread that fails to load is only dropped.
+    spare.worker.onerror = (e) => {
+      e.preventDefault();
+      spare.failed = true;
+      spare.worker.terminate();
+    };
+    this.#spares.push(spare);
+  }
+
+  /** A reserved thread that has not failed, else one from the pool. */
+  #takeThread(): Worker {
+    for (let s = this.#spares.shift(); s; s = this.#spares.shift()) {
+      if (s.failed) continue;
+      s.worker.onerror = null;
+      return s.worker;
+    }
+    return this.#threads.take();
   }
 
   #checkOpen(): void {
