@@ -83,11 +83,35 @@ export {
   type GuestFile,
   type GuestProcess,
   type GuestProgram,
+  type GuestShare,
   type StreamingOptions,
   VirtualMachine,
   type VirtualMachineOptions,
 } from "./src/initx/virtual_machine.ts";
 export type { LinuxVmOutcome, LinuxVmResult } from "./src/initx/linux_vm.ts";
+export {
+  type Attr,
+  type AttrChanges,
+  type CreateResult,
+  type DirEntry,
+  type Entry,
+  type Filesystem,
+  type FsContext,
+  FsError,
+  HostDirFs,
+  type HostDirFsOptions,
+  type ImageFilesystemOptions,
+  type LayeredImage,
+  LayerTree,
+  openImageFilesystem,
+  type OpenResult,
+  OverlayFs,
+  type OverlayFsOptions,
+  type StatFs,
+  type Timespec,
+  type TreeNode,
+} from "./src/vfs/mod.ts";
+export * from "./src/image/mod.ts";
 export type {
   VirtioContext,
   VirtioDevice,

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { describeProgress, type ImageProgress } from "../image/store.ts";
+
 /** Parses a flag's value as an integer of at least 1. */
 export function positiveInteger(flag: string, text: string): number {
   const n = Number(text);
@@ -29,4 +31,40 @@ export function writeAll(
 ) {
   let done = 0;
   while (done < bytes.length) done += w.writeSync(bytes.subarray(done));
+}
+
+/**
+ * Prints image progress on stderr, each line after `prefix: `: on a
+ * terminal, one line rewritten in place while blobs download; elsewhere,
+ * the status lines only.
+ */
+export function progressPrinter(
+  prefix: string,
+  err: (line: string) => void = (line) => console.error(line),
+): {
+  event: (e: ImageProgress) => void;
+  done: () => void;
+} {
+  const tty = Deno.stderr.isTerminal();
+  let open = false;
+  const encoder = new TextEncoder();
+  const done = () => {
+    if (open) writeAll(Deno.stderr, encoder.encode("\n"));
+    open = false;
+  };
+  return {
+    event: (e) => {
+      if (e.kind === "status") {
+        done();
+        err(`${prefix}: ${e.message}`);
+      } else if (tty) {
+        writeAll(
+          Deno.stderr,
+          encoder.encode(`\r\x1b[K${prefix}: ${describeProgress(e)}`),
+        );
+        open = true;
+      }
+    },
+    done,
+  };
 }

@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { bootCommand } from "./boot.ts";
 import { compileCommand } from "./compile.ts";
 import { runCommand } from "./run.ts";
+import { cacheCommand, imagesCommand, pullCommand } from "./images.ts";
 import { ensureKernel } from "../boot/kernel.ts";
 
 /** A subcommand: a one-line summary and what runs it. */
@@ -28,8 +29,21 @@ export const COMMANDS: Record<string, Command> = {
     run: bootCommand,
   },
   run: {
-    summary: "run a command in a micro-VM: initx run busybox -- CMD [ARGS...]",
+    summary:
+      "run a container's command in a micro-VM: initx run IMAGE [-- CMD ARGS...]",
     run: runCommand,
+  },
+  pull: {
+    summary: "pull IMAGE: put an image into the cache",
+    run: (args) => pullCommand(args),
+  },
+  images: {
+    summary: "list the cached images",
+    run: (args) => imagesCommand(args),
+  },
+  cache: {
+    summary: "cache prune [--all]: remove blobs no cached image uses",
+    run: (args) => cacheCommand(args),
   },
   compile: {
     summary:

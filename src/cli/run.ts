@@ -1,53 +1,71 @@
 /**
- * `initx run IMAGE [options] -- CMD [ARGS...]`: runs a command in a Linux
- * micro-VM on the default kernel and returns its exit status.
+ * `initx run [options] IMAGE [-- CMD ARGS...]`: runs a container's command
+ * in its own Linux micro-VM and exits with the command's status.
  *
- * The VM's PID 1 is initx's own IR-compiled init; the command runs as a
- * program it receives over virtio-vsock, with its stdout and stderr streamed
- * back separately (and stdin too with `-i`). The kernel's log goes to stderr
- * only with `--dmesg`.
- *
- * For now the only image is `busybox`: the host's static busybox (Debian
- * `busybox-static`) with a link per applet, in the VM's initramfs. OCI
- * images come later.
+ * The image (a registry reference, `oci:DIR`, `oci-archive:FILE` or
+ * `docker-archive:FILE`) is resolved into the image cache; its layers become
+ * the VM's root filesystem over virtio-fs, with a copy-on-write layer that
+ * lives as long as the VM. initx's IR-compiled container init mounts it and
+ * receives the command over virtio-vsock; its stdout and stderr stream back
+ * separately, stdin too with `-i`. The kernel's log goes to stderr only with
+ * `--dmesg`. `busybox` works offline: when the registry cannot be reached,
+ * the cache gets an equivalent built from the host's `busybox-static`.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import { resolve } from "node:path";
 import { ensureKernel } from "../boot/kernel.ts";
 import { cannotBootLinuxReason } from "../hv/kvm/host.ts";
-import {
-  busyboxApplets,
-  requireStaticBusybox,
-} from "../initx/busybox_guest.ts";
+import { ImageStore, isDefaultImage } from "../image/store.ts";
+import { parseReference } from "../image/reference.ts";
+import { resolveContainerCommand } from "../initx/container_command.ts";
 import { ExitError } from "../initx/errors.ts";
-import { DEFAULT_ENV } from "../initx/init.ts";
 import { buildExecProgram } from "../initx/program_loop.ts";
-import { type GuestFile, VirtualMachine } from "../initx/virtual_machine.ts";
+import { type GuestShare, VirtualMachine } from "../initx/virtual_machine.ts";
 import { DEFAULT_MEMORY_MIB } from "../initx/linux_vm.ts";
-import { positiveInteger, positiveNumber, writeAll } from "./_args.ts";
+import { HostDirFs } from "../vfs/host_dir.ts";
+import { openImageFilesystem } from "../vfs/image_fs.ts";
+import {
+  positiveInteger,
+  positiveNumber,
+  progressPrinter,
+  writeAll,
+} from "./_args.ts";
 
 /** Default limit from the VM's start to the guest's init connecting, in s. */
 const DEFAULT_BOOT_TIMEOUT_S = 60;
+/** Exit status after Ctrl-C (128 + SIGINT), as shells report it. */
+const INTERRUPTED_STATUS = 130;
 
 /** Usage text of `initx run`. */
-export const RUN_USAGE = `Usage: initx run IMAGE [options] -- CMD [ARGS...]
+export const RUN_USAGE = `Usage: initx run [options] IMAGE [-- CMD [ARGS...]]
 
-Runs CMD in a Linux micro-VM and exits with its status.
+Runs a container's command in a Linux micro-VM and exits with its status.
+Without CMD it runs the image's Entrypoint and Cmd.
 
 Images:
-  busybox          the host's static busybox (apt-get install busybox-static)
+  busybox, alpine:3.20, ghcr.io/o/n:tag   from a registry (busybox is built
+                                           offline when none can be reached)
+  oci:DIR[:TAG]  oci-archive:FILE  docker-archive:FILE
 
 Options:
-  -i, --interactive  stream this terminal's stdin into the command
-  --kernel PATH      bzImage to boot (default: the cached Debian cloud kernel)
-  --cpus N           number of vCPUs (default 1)
-  --memory MB        guest RAM in MiB (default ${DEFAULT_MEMORY_MIB})
-  --timeout S        stop the guest after S seconds (default 300)
-  --boot-timeout S   give up when the guest is not up after S seconds (default ${DEFAULT_BOOT_TIMEOUT_S})
-  --dmesg            show the kernel's log on stderr
-  -h, --help         show this help`;
+  -e, --env KEY=VAL    set an environment variable (KEY alone: from this host)
+  -w, --workdir DIR    working directory inside the container
+  -u, --user USER      user[:group], by name or number
+  -v, --volume H:G[:ro]  share host directory H at G (read-only with :ro)
+  -i, --interactive    stream this terminal's stdin into the command
+  --platform OS/ARCH   image platform (default: this host's)
+  --pull WHEN          missing (default), always or never
+  --kernel PATH        bzImage to boot (default: the cached Debian cloud kernel)
+  --cpus N             number of vCPUs (default 1)
+  --memory MB          guest RAM in MiB (default ${DEFAULT_MEMORY_MIB})
+  --timeout S          stop the VM after S seconds (default 300)
+  --boot-timeout S     give up when the guest is not up after S seconds (default ${DEFAULT_BOOT_TIMEOUT_S})
+  --dmesg              show the kernel's log on stderr
+  --debug              show initx's own diagnostics on stderr
+  -h, --help           show this help`;
 
 /** Options of {@linkcode runCommand}, for callers other than the CLI. */
 export interface RunCommandOptions {
@@ -59,11 +77,63 @@ export interface RunCommandOptions {
   err?: (line: string) => void;
   /** The command's stdin with `-i` (default: this process's stdin). */
   stdin?: ReadableStream<Uint8Array>;
+  /** The image cache (default: the user's, `~/.cache/initx/images`). */
+  images?: ImageStore;
+  /** Stops the run as Ctrl-C does (default: Ctrl-C itself, SIGINT). */
+  signal?: AbortSignal;
+  /**
+   * Never ask a registry: cached images only, and the offline `busybox`
+   * (default: true when `INITX_OFFLINE=1` is set).
+   */
+  offline?: boolean;
+}
+
+/** A `-v HOST:GUEST[:ro]` flag, parsed. */
+export interface VolumeSpec {
+  /** The host directory, absolute. */
+  host: string;
+  /** Where the guest sees it. */
+  guest: string;
+  /** Read-only. */
+  readOnly: boolean;
+}
+
+/**
+ * Parses `-v HOST:GUEST[:ro|:rw]`; throws with the reason.
+ *
+ * @example
+ * ```ts
+ * import { parseVolume } from "./run.ts";
+ * console.log(parseVolume("/srv/data:/data:ro").readOnly); // true
+ * ```
+ */
+export function parseVolume(spec: string): VolumeSpec {
+  const parts = spec.split(":");
+  const mode = parts.length === 3 ? parts[2] : undefined;
+  if (
+    parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1] ||
+    (mode !== undefined && mode !== "ro" && mode !== "rw")
+  ) {
+    throw new Error(
+      `--volume "${spec}" is not HOST:GUEST, HOST:GUEST:ro or HOST:GUEST:rw`,
+    );
+  }
+  const guest = parts[1];
+  if (
+    !guest.startsWith("/") || guest === "/" ||
+    guest.split("/").slice(1).some((p) => p === "" || p === "." || p === "..")
+  ) {
+    throw new Error(
+      `--volume "${spec}": the guest path must be absolute and normalized, and not /`,
+    );
+  }
+  return { host: resolve(parts[0]), guest, readOnly: mode === "ro" };
 }
 
 /**
  * Runs `initx run` with `args` (the words after `run`) and returns the
- * command's exit status, or 1 when the VM could not run it, 2 for bad usage.
+ * command's exit status, or 1 when the VM could not run it, 2 for bad usage,
+ * 130 after Ctrl-C.
  *
  * @example
  * ```ts ignore
@@ -85,13 +155,22 @@ export async function runCommand(
       args,
       allowPositionals: true,
       options: {
+        env: { type: "string", short: "e", multiple: true },
+        workdir: { type: "string", short: "w" },
+        user: { type: "string", short: "u" },
+        volume: { type: "string", short: "v", multiple: true },
         interactive: { type: "boolean", short: "i" },
+        tty: { type: "boolean", short: "t" },
+        exec: { type: "boolean" },
+        platform: { type: "string" },
+        pull: { type: "string" },
         kernel: { type: "string" },
         cpus: { type: "string" },
         memory: { type: "string" },
         timeout: { type: "string" },
         "boot-timeout": { type: "string" },
         dmesg: { type: "boolean" },
+        debug: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     }));
@@ -104,17 +183,25 @@ export async function runCommand(
     return 0;
   }
   const [image, ...command] = positionals;
-  if (image === undefined || command.length === 0) {
-    err(`initx run: an image and a command are needed\n${RUN_USAGE}`);
+  if (image === undefined) {
+    err(`initx run: an image is needed\n${RUN_USAGE}`);
     return 2;
   }
-  if (image !== "busybox") {
-    err(
-      `initx run: image "${image}" is not available: the only image so far is "busybox"`,
-    );
+  for (const flag of ["tty", "exec"] as const) {
+    if (values[flag]) {
+      err(
+        `initx run: --${flag} is not supported yet: run without it (-i streams stdin)`,
+      );
+      return 2;
+    }
+  }
+  const pull = values.pull ?? "missing";
+  if (pull !== "missing" && pull !== "always" && pull !== "never") {
+    err(`initx run: --pull "${pull}" is not missing, always or never`);
     return 2;
   }
   let cpus: number, memoryMiB: number, timeoutMs: number, bootTimeoutMs: number;
+  let volumes: VolumeSpec[];
   try {
     cpus = positiveInteger("--cpus", values.cpus ?? "1");
     memoryMiB = positiveInteger(
@@ -126,6 +213,7 @@ export async function runCommand(
       "--boot-timeout",
       values["boot-timeout"] ?? String(DEFAULT_BOOT_TIMEOUT_S),
     ) * 1000;
+    volumes = (values.volume ?? []).map(parseVolume);
   } catch (e) {
     err(`initx run: ${(e as Error).message}`);
     return 2;
@@ -135,41 +223,76 @@ export async function runCommand(
     err(`initx run: ${unsupported}`);
     return 1;
   }
+  const interrupt = new AbortController();
+  const onSigint = () => interrupt.abort();
+  const signal = options.signal ?? interrupt.signal;
+  if (options.signal === undefined) Deno.addSignalListener("SIGINT", onSigint);
   let vm: VirtualMachine | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let timedOut = false;
+  const shares: GuestShare[] = [];
+  const progress = progressPrinter("initx run", err);
   try {
+    for (const v of volumes) {
+      const info = await Deno.stat(v.host).catch(() => undefined);
+      if (!info?.isDirectory) {
+        throw new Error(
+          `Cannot share ${v.host}: it is not a directory on this host`,
+        );
+      }
+      shares.push({
+        path: v.guest,
+        filesystem: new HostDirFs(v.host, { readOnly: v.readOnly }),
+        readOnly: v.readOnly,
+      });
+    }
+    const store = options.images ?? new ImageStore();
+    const offline = options.offline ?? Deno.env.get("INITX_OFFLINE") === "1";
+    const ref = parseReference(image);
+    // Offline, only the default image may be made (from busybox-static).
+    const buildable = ref.kind === "registry" && isDefaultImage(ref);
+    const resolved = await store.resolve(ref, {
+      platform: values.platform,
+      pull: offline ? (buildable ? "missing" : "never") : pull,
+      onProgress: progress.event,
+      reachable: offline ? () => Promise.resolve(false) : undefined,
+    });
+    progress.done();
+    signal.throwIfAborted();
+    const root = await openImageFilesystem(resolved);
+    const cmd = resolveContainerCommand(root, resolved.config.config ?? {}, {
+      command,
+      env: values.env,
+      workdir: values.workdir,
+      user: values.user,
+      hostEnv: (name) => Deno.env.get(name),
+    });
     const kernel = values.kernel !== undefined
       ? { image: values.kernel }
       : await ensureKernel({ onProgress: (line) => err(`initx run: ${line}`) });
-    const busybox = requireStaticBusybox();
-    const files: GuestFile[] = [
-      { path: "bin/busybox", bytes: await Deno.readFile(busybox), mode: 0o755 },
-    ];
-    for (const applet of await busyboxApplets(busybox)) {
-      if (applet === "busybox" || applet.includes("/")) continue;
-      files.push({ path: `bin/${applet}`, symlink: "busybox" });
-    }
     vm = await VirtualMachine.create({
       cpus,
       memoryMiB,
       kernel,
-      files,
+      root,
+      shares,
       dmesg: values.dmesg,
       console: values.dmesg ? errOut : undefined,
-      debug: (line) => err(`initx run: ${line}`),
+      debug: values.debug ? (line) => err(`initx run: ${line}`) : undefined,
     });
+    const running = vm;
     timer = setTimeout(() => {
       timedOut = true;
-      void vm?.close();
+      void running.close();
     }, timeoutMs);
-    await vm.boot({ timeoutMs: bootTimeoutMs });
-    const [program] = command as [string, ...string[]];
-    const path = program.startsWith("/") ? program : `/bin/${program}`;
+    await vm.boot({ timeoutMs: bootTimeoutMs, signal });
     try {
       await vm.runWithStreamingOutput(
-        buildExecProgram(path, [program, ...command.slice(1)], {
-          env: DEFAULT_ENV,
+        buildExecProgram(cmd.path, cmd.argv, {
+          env: cmd.env,
+          cwd: cmd.cwd,
+          uid: cmd.uid,
+          gid: cmd.gid,
         }),
         {
           stdin: values.interactive
@@ -177,6 +300,7 @@ export async function runCommand(
             : undefined,
           stdout: new WritableStream({ write: (b) => out(b) }),
           stderr: new WritableStream({ write: (b) => errOut(b) }),
+          signal,
         },
       );
       return 0;
@@ -185,6 +309,11 @@ export async function runCommand(
       throw e;
     }
   } catch (e) {
+    progress.done();
+    if (signal.aborted) {
+      err("initx run: interrupted: the VM was stopped");
+      return INTERRUPTED_STATUS;
+    }
     err(
       `initx run: ${
         timedOut
@@ -195,6 +324,10 @@ export async function runCommand(
     return 1;
   } finally {
     clearTimeout(timer);
+    if (options.signal === undefined) {
+      Deno.removeSignalListener("SIGINT", onSigint);
+    }
     await vm?.close();
+    for (const s of shares) s.filesystem.destroy();
   }
 }

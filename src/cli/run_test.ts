@@ -1,5 +1,5 @@
 import { equal, ok } from "node:assert/strict";
-import { runCommand } from "./run.ts";
+import { parseVolume, runCommand } from "./run.ts";
 import { cannotBootLinuxReason } from "../hv/kvm/host.ts";
 
 function capture() {
@@ -7,22 +7,62 @@ function capture() {
   return { err: (l: string) => lines.push(l), text: () => lines.join("\n") };
 }
 
-Deno.test("runCommand() rejects an unknown image", async () => {
+Deno.test("runCommand() needs an image", async () => {
   const c = capture();
-  equal(await runCommand(["alpine", "--", "true"], { err: c.err }), 2);
-  ok(c.text().includes('image "alpine" is not available'), c.text());
+  equal(await runCommand([], { err: c.err }), 2);
+  ok(c.text().includes("an image is needed"), c.text());
 });
 
-Deno.test("runCommand() needs a command", async () => {
+Deno.test("runCommand() refuses what it does not support yet, and a bad --pull", async () => {
+  for (const flag of ["-t", "--exec"]) {
+    const c = capture();
+    equal(await runCommand([flag, "busybox", "--", "true"], { err: c.err }), 2);
+    ok(c.text().includes("is not supported yet"), c.text());
+  }
   const c = capture();
-  equal(await runCommand(["busybox"], { err: c.err }), 2);
-  ok(c.text().includes("an image and a command are needed"), c.text());
+  equal(
+    await runCommand(["--pull", "sometimes", "busybox"], { err: c.err }),
+    2,
+  );
+  ok(c.text().includes('--pull "sometimes"'), c.text());
+});
+
+Deno.test("parseVolume() reads HOST:GUEST[:ro|:rw] and refuses the rest", () => {
+  const v = parseVolume("/srv/data:/data:ro");
+  equal(v.host, "/srv/data");
+  equal(v.guest, "/data");
+  equal(v.readOnly, true);
+  equal(parseVolume("/a:/b/c:rw").readOnly, false);
+  equal(parseVolume("/a:/b").readOnly, false);
+  for (
+    const bad of [
+      "/a",
+      "/a:",
+      ":/b",
+      "/a:/b:rx",
+      "/a:b",
+      "/a:/",
+      "/a:/b/../c",
+      "/a:/b//c",
+      "/a:/b:ro:x",
+    ]
+  ) {
+    let message = "";
+    try {
+      parseVolume(bad);
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    ok(message.includes("--volume"), `${bad}: ${message}`);
+  }
 });
 
 Deno.test("runCommand() rejects a bad --cpus", async () => {
   const c = capture();
   equal(
-    await runCommand(["busybox", "--cpus", "0", "--", "true"], { err: c.err }),
+    await runCommand(["--cpus", "0", "busybox", "--", "true"], {
+      err: c.err,
+    }),
     2,
   );
   ok(c.text().includes('--cpus "0" is not a positive integer'), c.text());

@@ -188,7 +188,19 @@ const DEFAULT_IMAGE = {
   tag: "latest",
 };
 
-function isDefaultImage(ref: RegistryReference): boolean {
+/**
+ * Whether `ref` names the image that can be built offline (`busybox`,
+ * `docker.io/library/busybox:latest`).
+ *
+ * @example
+ * ```ts
+ * import { isDefaultImage } from "./store.ts";
+ * import { parseReference } from "./reference.ts";
+ * const ref = parseReference("busybox");
+ * console.log(ref.kind === "registry" && isDefaultImage(ref)); // true
+ * ```
+ */
+export function isDefaultImage(ref: RegistryReference): boolean {
   return ref.registry === DEFAULT_IMAGE.registry &&
     ref.repository === DEFAULT_IMAGE.repository &&
     ref.tag === DEFAULT_IMAGE.tag && ref.digest === undefined;

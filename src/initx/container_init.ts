@@ -30,10 +30,29 @@ export const CONTAINER_ROOT_TAG = "rootfs";
 const NEW_ROOT = "/newroot";
 
 /** Mount flags (`include/uapi/linux/mount.h`). */
+const MS_RDONLY = 0x1;
 const MS_NOSUID = 0x2;
 const MS_NODEV = 0x4;
 const MS_NOEXEC = 0x8;
 const MS_MOVE = 0x2000;
+
+/**
+ * A virtio-fs share mounted in the container (a volume).
+ *
+ * @example
+ * ```ts
+ * import type { ContainerShare } from "./container_init.ts";
+ * const share: ContainerShare = { tag: "share0", path: "/data", readOnly: true };
+ * ```
+ */
+export interface ContainerShare {
+  /** The device's virtio-fs tag. */
+  tag: string;
+  /** Where it is mounted: an absolute, normalized path other than `/`. */
+  path: string;
+  /** Mount it read-only (`MS_RDONLY`). */
+  readOnly?: boolean;
+}
 
 /**
  * Configuration of {@linkcode buildContainerInitProgram}.
@@ -53,6 +72,8 @@ export interface ContainerInitConfig {
   rootTag?: string;
   /** The container's hostname (default `initx`). */
   hostname?: string;
+  /** More virtio-fs shares, mounted inside the new root after it is `/`. */
+  shares?: readonly ContainerShare[];
   /** How the program loop reaches the host (default: vsock). */
   serve: ServeProgramsOptions;
 }
@@ -81,6 +102,7 @@ export function buildContainerInitProgram(
       enterContainerRoot(m, {
         tag: config.rootTag ?? CONTAINER_ROOT_TAG,
         hostname: config.hostname ?? "initx",
+        shares: config.shares,
         onError,
       }),
   });
@@ -105,9 +127,15 @@ export function buildContainerInitProgram(
  */
 export function enterContainerRoot(
   m: MethodBuilder,
-  options: { tag: string; hostname: string; onError: OnError },
+  options: {
+    tag: string;
+    hostname: string;
+    shares?: readonly ContainerShare[];
+    onError: OnError;
+  },
 ): void {
   const { onError } = options;
+  for (const share of options.shares ?? []) checkSharePath(share.path);
   const p = m.program;
   mkdir(m, { path: NEW_ROOT, ignore: [Errno.EEXIST], onError });
   mount(m, {
@@ -180,10 +208,43 @@ export function enterContainerRoot(
     mkdir(m, { path: spec.target, ignore: [Errno.EEXIST], onError });
     mount(m, { ...spec, ignore: [Errno.EBUSY], onError });
   }
+  for (const share of options.shares ?? []) {
+    // mkdir -p: every parent, then the mount point.
+    const parts = share.path.split("/").slice(1);
+    for (let i = 1; i <= parts.length; i++) {
+      mkdir(m, {
+        path: "/" + parts.slice(0, i).join("/"),
+        ignore: [Errno.EEXIST],
+        onError,
+      });
+    }
+    mount(m, {
+      source: share.tag,
+      target: share.path,
+      fstype: "virtiofs",
+      flags: share.readOnly ? MS_RDONLY : 0,
+      onError,
+    });
+  }
   setHostname(m, { name: options.hostname, onError });
   // An image whose /etc is missing or read-only still runs.
   trySetHosts(m, {});
   configureLoopback(m, { onError });
+}
+
+/** Throws unless `path` is absolute, normalized and not `/`. */
+function checkSharePath(path: string): void {
+  const parts = path.split("/");
+  if (
+    parts[0] !== "" || parts.length < 2 ||
+    parts.slice(1).some((p) => p === "" || p === "." || p === "..")
+  ) {
+    throw new Error(
+      `Cannot mount a share at ${
+        JSON.stringify(path)
+      }: the path must be absolute and normalized, and not /`,
+    );
+  }
 }
 
 /** Jumps to `onError` with the errno of a failed raw syscall `result`. */

@@ -17,13 +17,20 @@ import { ensureKernel } from "../boot/kernel.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
 import { VirtioConsole } from "../devices/virtio/console.ts";
 import { VirtioVsock } from "../devices/virtio/vsock/device.ts";
+import { VirtioFs } from "../devices/virtio/fs/mod.ts";
+import type { Filesystem } from "../vfs/filesystem.ts";
 import type { Hypervisor } from "../hv/hv.ts";
 import {
   type Arch,
   compile,
   type CompiledProgram,
+  compileElf,
   type Program,
 } from "../ir/mod.ts";
+import {
+  buildContainerInitProgram,
+  CONTAINER_ROOT_TAG,
+} from "./container_init.ts";
 import { loadInitModules } from "./busybox_guest.ts";
 import { ExitError, VmTerminatedError } from "./errors.ts";
 import { buildInitElf, DEFAULT_ENV, type InitModule } from "./init.ts";
@@ -46,6 +53,8 @@ const GUEST_MODULES = [
   "vmw_vsock_virtio_transport",
   "virtio_console",
 ];
+/** More modules when the root is virtio-fs (`fuse` comes as a dependency). */
+const ROOT_MODULES = ["virtiofs"];
 /** The init's console once `virtio_console` is loaded. */
 const GUEST_CONSOLE = "/dev/hvc0";
 /** Console text kept for error messages, in characters. */
@@ -73,6 +82,29 @@ export type GuestFile =
   /** A directory (mode default 0o755). */
   | { path: string; directory: true; mode?: number };
 
+/**
+ * A host filesystem the guest mounts over virtio-fs (a volume).
+ *
+ * @example
+ * ```ts ignore
+ * import { HostDirFs } from "../vfs/host_dir.ts";
+ * import type { GuestShare } from "./virtual_machine.ts";
+ * const share: GuestShare = {
+ *   path: "/data",
+ *   filesystem: new HostDirFs({ root: "/srv/data", readOnly: true }),
+ *   readOnly: true,
+ * };
+ * ```
+ */
+export interface GuestShare {
+  /** Where the guest mounts it: absolute, normalized, not `/`. */
+  path: string;
+  /** What it serves. */
+  filesystem: Filesystem;
+  /** The guest mounts it read-only (the filesystem should refuse writes too). */
+  readOnly?: boolean;
+}
+
 /** Options of {@linkcode VirtualMachine.create}. */
 export interface VirtualMachineOptions {
   /** Number of vCPUs (default 1). */
@@ -95,8 +127,20 @@ export interface VirtualMachineOptions {
   console?: (bytes: Uint8Array) => void;
   /** Kernel log at its normal level on the console (default: emergencies only). */
   dmesg?: boolean;
-  /** Files to add to the guest's root filesystem (an initramfs). */
+  /** Files to add to the guest's initramfs. */
   files?: readonly GuestFile[];
+  /**
+   * The guest's root filesystem, served over virtio-fs (tag `rootfs`): the
+   * init mounts it, makes it `/` and sets up a container there (proc, sys,
+   * dev, devpts, `/dev/shm`, `/tmp`, hostname, loopback) before it serves
+   * programs. Default: the init's own initramfs. Needs a kernel with its
+   * modules directory (`virtiofs`).
+   */
+  root?: Filesystem;
+  /** More virtio-fs filesystems mounted inside `root` (needs `root`). */
+  shares?: readonly GuestShare[];
+  /** The guest's hostname with `root` (default `initx`). */
+  hostname?: string;
   /** Where `run()` sends programs' stdout (default: discarded). */
   stdout?: (bytes: Uint8Array) => void;
   /** Where `run()` sends programs' stderr (default: discarded). */
@@ -243,16 +287,47 @@ export class VirtualMachine {
     const o = this.#options;
     const arch = this.architecture;
     const kernel = o.kernel ?? await ensureKernel();
+    if (o.root !== undefined && kernel.modules === undefined) {
+      throw new Error(
+        "Cannot boot the VM with a virtio-fs root: the kernel has no modules directory (virtiofs)",
+      );
+    }
+    if (o.shares?.length && o.root === undefined) {
+      throw new Error("Cannot mount shares in the VM: they need a root");
+    }
     const modules: InitModule[] = kernel.modules === undefined
       ? []
-      : await loadInitModules(kernel.modules, GUEST_MODULES);
-    const init = buildInitElf({
+      : await loadInitModules(kernel.modules, [
+        ...GUEST_MODULES,
+        ...(o.root === undefined ? [] : ROOT_MODULES),
+      ]);
+    const initConfig = {
       modules,
       console: modules.some((m) => m.name === "virtio_console")
         ? GUEST_CONSOLE
         : undefined,
       serve: { address: (port: number) => vsockAddress(port) },
-    }, { arch });
+    };
+    const init = o.root === undefined
+      ? buildInitElf(initConfig, { arch })
+      : compileElf(
+        buildContainerInitProgram({
+          ...initConfig,
+          hostname: o.hostname,
+          shares: (o.shares ?? []).map((share, i) => ({
+            tag: shareTag(i),
+            path: share.path,
+            readOnly: share.readOnly,
+          })),
+        }),
+        { arch },
+      );
+    const fsDevices = o.root === undefined ? [] : [
+      new VirtioFs({ tag: CONTAINER_ROOT_TAG, filesystem: o.root }),
+      ...(o.shares ?? []).map((share, i) =>
+        new VirtioFs({ tag: shareTag(i), filesystem: share.filesystem })
+      ),
+    ];
     const cpio = new CpioWriter();
     cpio.file("init", init, { mode: 0o755 });
     for (const dir of ["dev", "proc", "sys", "tmp", "etc", "root"]) {
@@ -276,7 +351,12 @@ export class VirtualMachine {
       cpus: o.cpus ?? 1,
       memoryMiB: o.memoryMiB ?? DEFAULT_VM_MEMORY_MIB,
       onConsole: (b) => this.#onConsole(b),
-      virtioDevices: [this.#vsock, this.#console, ...(o.devices ?? [])],
+      virtioDevices: [
+        this.#vsock,
+        this.#console,
+        ...fsDevices,
+        ...(o.devices ?? []),
+      ],
       onDeviceError: (message) => o.debug?.(`device: ${message}`),
       hypervisor: o.hypervisor,
     });
@@ -452,6 +532,11 @@ export class VirtualMachine {
     if ("code" in program) return program;
     return compile(program, { arch: this.architecture });
   }
+}
+
+/** The virtio-fs tag of share `i`. */
+function shareTag(i: number): string {
+  return `share${i}`;
 }
 
 /** A WritableStream that hands each chunk to `sink`. */
