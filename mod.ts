@@ -67,6 +67,7 @@ export {
   type CpioEntryOptions,
   CpioWriter,
 } from "./src/boot/cpio.ts";
+export { ALPINE_KEYS } from "./src/boot/alpine_keys.ts";
 export {
   ensureKernel,
   type EnsureKernelOptions,

@@ -1,11 +1,11 @@
 import { equal as assertEquals } from "node:assert/strict";
 import { ALL_STRUCTS, KVM } from "./kvm.ts";
 import { needTool } from "../tests/_gate.ts";
+import { withTempDir } from "../tests/_util.ts";
 
 /** Compiles and runs a C program; returns its stdout. */
 async function runC(source: string): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "initx-kvm-layout-" });
-  try {
+  return await withTempDir(async (dir) => {
     await Deno.writeTextFile(`${dir}/t.c`, source);
     const cc = await new Deno.Command("cc", {
       args: ["-o", `${dir}/t`, `${dir}/t.c`],
@@ -20,9 +20,7 @@ async function runC(source: string): Promise<string> {
     }
     const out = await new Deno.Command(`${dir}/t`).output();
     return new TextDecoder().decode(out.stdout);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 }
 
 Deno.test("struct layouts match <linux/kvm.h>", async (t) => {

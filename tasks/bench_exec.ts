@@ -1,13 +1,15 @@
 /**
  * `deno task bench:exec`: builds the C exit floor and runs
  * `bench/exec_bench.ts` (programs on a booted VM) on this host when its KVM
- * is hardware-backed, or inside the KVM lab otherwise.
+ * is hardware-backed, or inside the KVM lab otherwise (once more if the lab
+ * itself gets stuck).
  *
  * @module
  */
 
 import { join } from "node:path";
-import { PROJECT_ROOT, runInLab } from "./lab/lab.ts";
+import { PROJECT_ROOT } from "./lab/lab.ts";
+import { runInLabRetrying } from "./lab/retry.ts";
 import { which } from "./_packages.ts";
 import { detectKvmHost } from "../src/hv/kvm/host.ts";
 
@@ -45,7 +47,9 @@ if (host.kind === "hardware") {
   Deno.exit(r.code);
 } else {
   console.error(`bench: inside the KVM lab (${host.reason})`);
-  const r = await runInLab(script, {
+  const r = await runInLabRetrying(script, {
+    what: "the exec bench",
+    log: (line) => console.error(`bench: ${line}`),
     cwd: PROJECT_ROOT,
     env: floor ? { INITX_C_FLOOR: LAB_FLOOR } : {},
     files: floor ? { [LAB_FLOOR]: floor } : {},

@@ -1,12 +1,14 @@
 /**
  * `deno task bench:exit`: builds the C floor and runs `bench/exit_bench.ts`
- * on the host's `/dev/kvm`, or inside the KVM lab when the host has none.
+ * on the host's `/dev/kvm`, or inside the KVM lab when the host has none
+ * (once more if the lab itself gets stuck).
  *
  * @module
  */
 
 import { join } from "node:path";
-import { PROJECT_ROOT, runInLab } from "./lab/lab.ts";
+import { PROJECT_ROOT } from "./lab/lab.ts";
+import { runInLabRetrying } from "./lab/retry.ts";
 import { which } from "./_packages.ts";
 import { detectKvmHost } from "../src/hv/kvm/host.ts";
 
@@ -44,7 +46,9 @@ if (host.canOpen) {
   Deno.exit(r.code);
 } else {
   console.error(`bench: inside the KVM lab (${host.reason})`);
-  const r = await runInLab(script, {
+  const r = await runInLabRetrying(script, {
+    what: "the exit bench",
+    log: (line) => console.error(`bench: ${line}`),
     cwd: PROJECT_ROOT,
     env: floor ? { INITX_C_FLOOR: LAB_FLOOR } : {},
     files: floor ? { [LAB_FLOOR]: floor } : {},

@@ -8,14 +8,18 @@
  *   kernel with a busybox initramfs to its first line.
  *
  * Each figure is min / median / max over `INITX_BENCH_ROUNDS` (default 3).
+ * A lab run that gets stuck (the lab's kernel locks up, or nothing comes out
+ * for a while) is run once more.
  *
  * @module
  */
 
-import { labCacheDir, PROJECT_ROOT, runInLab } from "./lab/lab.ts";
+import { labCacheDir, PROJECT_ROOT } from "./lab/lab.ts";
+import { runInLabRetrying } from "./lab/retry.ts";
 
 const ROUNDS = Number(Deno.env.get("INITX_BENCH_ROUNDS") ?? 3);
 const quiet = () => {};
+const log = (line: string) => console.error(`bench: ${line}`);
 
 function stats(xs: number[]) {
   const s = [...xs].sort((a, b) => a - b);
@@ -33,8 +37,12 @@ async function dropBase() {
   }
 }
 
-async function startTime(): Promise<number> {
-  const r = await runInLab(["true"], {
+/** `cold`: the base initramfs is rebuilt before the run (and before a retry). */
+async function startTime(cold: boolean): Promise<number> {
+  const r = await runInLabRetrying(["true"], {
+    what: `a ${cold ? "cold" : "warm"} lab start`,
+    log,
+    onAttempt: cold ? dropBase : undefined,
     output: quiet,
     progress: quiet,
     timeoutSeconds: 300,
@@ -48,9 +56,8 @@ async function startTime(): Promise<number> {
 const cold: number[] = [];
 const warm: number[] = [];
 for (let i = 0; i < ROUNDS; i++) {
-  await dropBase();
-  cold.push(await startTime());
-  warm.push(await startTime());
+  cold.push(await startTime(true));
+  warm.push(await startTime(false));
 }
 console.log(
   `lab start to command, cold (base initramfs rebuilt): ${stats(cold)}`,
@@ -74,7 +81,12 @@ for i in $(seq ${ROUNDS}); do
 done
 `;
 let text = "";
-const r = await runInLab(["sh", "-c", script], {
+const r = await runInLabRetrying(["sh", "-c", script], {
+  what: "the nested boots",
+  log,
+  onAttempt: () => {
+    text = "";
+  },
   cwd: PROJECT_ROOT,
   output: (b) => text += new TextDecoder().decode(b),
   progress: quiet,

@@ -7,18 +7,26 @@
  * 3. End-to-end tests (`tests/e2e/*_test.ts`) boot real Linux guests: on the
  *    host when its KVM is hardware-backed, else inside the KVM lab.
  *
+ * Beside them, the lab's own tests (`*_lab_test.ts`) boot the KVM lab under
+ * QEMU: they drive it from the host, always on the host (never inside the
+ * lab), after the unit tests.
+ *
  * `--kvm host|lab` (or `INITX_TEST_KVM`) forces where tiers 2 and 3 run;
  * `--filter TEXT` passes through to `deno test`. The last line is the total:
  * `total: N passed, N failed, N skipped` (skipped: ignored tests and those
  * that `tests/_gate.ts` skipped for a missing tool or KVM, outside CI).
+ * The Debian image of `tests/e2e/debian_e2e_test.ts` is built on the host
+ * (`tasks/_debian_fixture.ts`) and carried into the lab when it runs there.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { join, relative } from "node:path";
-import { PROJECT_ROOT, runInLab, SKIP_DIRS } from "./lab/lab.ts";
+import { PROJECT_ROOT, SKIP_DIRS } from "./lab/lab.ts";
+import { runInLabRetrying } from "./lab/retry.ts";
 import { ensurePackages, TEST_TOOLS } from "./_packages.ts";
+import { ensureDebianFixture } from "./_debian_fixture.ts";
 import { detectKvmHost } from "../src/hv/kvm/host.ts";
 
 const { values } = parseArgs({
@@ -51,7 +59,12 @@ async function findTests(dir: string, out: string[] = []): Promise<string[]> {
 const all = await findTests(PROJECT_ROOT);
 const e2e = all.filter((f) => f.startsWith("tests/e2e/"));
 const kvm = all.filter((f) => f.endsWith("_kvm_test.ts") && !e2e.includes(f));
-const unit = all.filter((f) => !e2e.includes(f) && !kvm.includes(f));
+const labTests = all.filter((f) =>
+  f.endsWith("_lab_test.ts") && !e2e.includes(f)
+);
+const unit = all.filter((f) =>
+  !e2e.includes(f) && !kvm.includes(f) && !labTests.includes(f)
+);
 
 await ensurePackages(TEST_TOOLS);
 
@@ -68,11 +81,6 @@ const SUMMARY =
   /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \| (\d+) ignored)?/;
 /** Lab runs of a phase when the lab itself gets stuck. */
 const LAB_ATTEMPTS = 3;
-/**
- * A lab phase silent this long is stuck: every test prints its name when it
- * starts and its result when it ends, and none takes this long.
- */
-const LAB_IDLE_SECONDS = 300;
 /** What `need()` in tests/_gate.ts prints when it skips a test. */
 const SKIP_LINE = /^SKIPPED "/gm;
 const totals = {
@@ -83,7 +91,27 @@ const totals = {
 };
 const filterArgs = values.filter ? ["--filter", values.filter] : [];
 // Plain output: the summary is parsed, and a log reads better without colour.
-const testEnv = { NO_COLOR: "1" };
+const testEnv: Record<string, string> = { NO_COLOR: "1" };
+/** Host files the lab run carries, by their path inside the lab. */
+const labInputs: Record<string, string> = {};
+
+/** The end-to-end test that runs a Debian minbase, named in INITX_DEBIAN_IMAGE. */
+const DEBIAN_E2E = "tests/e2e/debian_e2e_test.ts";
+/** Where that image sits inside the KVM lab, which cannot build it. */
+const LAB_DEBIAN_IMAGE = "/lab/debian-minbase.tar";
+if (e2e.includes(DEBIAN_E2E)) {
+  try {
+    const image = await ensureDebianFixture();
+    if (e2eWhere === "host") testEnv.INITX_DEBIAN_IMAGE = image;
+    else {
+      labInputs[LAB_DEBIAN_IMAGE] = image;
+      testEnv.INITX_DEBIAN_IMAGE = LAB_DEBIAN_IMAGE;
+    }
+  } catch (e) {
+    // The test itself then fails, saying the image is missing.
+    console.error(`tests: ${(e as Error).message}`);
+  }
+}
 
 function account(phase: string, text: string, code: number, files: number) {
   const m = [...text.matchAll(new RegExp(SUMMARY, "g"))].at(-1);
@@ -133,42 +161,40 @@ async function onHost(phase: string, files: string[]) {
 
 async function inLab(phase: string, files: string[]) {
   if (files.length === 0) return;
-  for (let attempt = 1;; attempt++) {
-    console.error(
-      `tests: ${phase} inside the KVM lab (${files.length} files)`,
-    );
-    let text = "";
-    const decoder = new TextDecoder();
-    const result = await runInLab(
-      ["deno", "test", "-A", "--no-check", ...filterArgs, ...files],
-      {
-        cwd: PROJECT_ROOT,
-        env: testEnv,
-        timeoutSeconds: 2400,
-        idleTimeoutSeconds: LAB_IDLE_SECONDS,
-        output: (bytes) => {
-          Deno.stdout.writeSync(bytes);
-          text += decoder.decode(bytes, { stream: true });
-        },
+  let text = "";
+  let decoder = new TextDecoder();
+  // A lab that got stuck (its kernel locked up, or nothing came out for
+  // LAB_IDLE_SECONDS of tasks/lab/retry.ts) is run again, loudly: nested
+  // virtualization under TCG hangs now and then. A hang of our own would
+  // hang every run and still fail.
+  const result = await runInLabRetrying(
+    ["deno", "test", "-A", "--no-check", ...filterArgs, ...files],
+    {
+      what: `the ${phase}`,
+      attempts: LAB_ATTEMPTS,
+      log: (line) => console.error(`tests: ${line}`),
+      onAttempt: () => {
+        console.error(
+          `tests: ${phase} inside the KVM lab (${files.length} files)`,
+        );
+        text = "";
+        decoder = new TextDecoder();
       },
-    );
-    if (result.error) console.error(`tests: ${result.error}`);
-    // A lab that got stuck (its kernel locked up, or nothing came out for
-    // LAB_IDLE_SECONDS) is run again, loudly, up to LAB_ATTEMPTS runs in all:
-    // nested virtualization under TCG hangs now and then. A hang of our own
-    // would hang every run and still fail.
-    if (result.labFault !== undefined && attempt < LAB_ATTEMPTS) {
-      console.error(
-        `tests: RETRYING the ${phase}: the KVM lab itself failed (attempt ${attempt} of ${LAB_ATTEMPTS})`,
-      );
-      continue;
-    }
-    account(phase, text, result.code, files.length);
-    return;
-  }
+      cwd: PROJECT_ROOT,
+      env: testEnv,
+      timeoutSeconds: 2400,
+      output: (bytes) => {
+        Deno.stdout.writeSync(bytes);
+        text += decoder.decode(bytes, { stream: true });
+      },
+    },
+  );
+  if (result.error) console.error(`tests: ${result.error}`);
+  account(phase, text, result.code, files.length);
 }
 
 await onHost("unit tests", unit);
+await onHost("lab tests", labTests);
 const labFiles: string[] = [];
 if (kvmWhere === "host") await onHost("hypervisor tests", kvm);
 else labFiles.push(...kvm);

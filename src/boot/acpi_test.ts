@@ -20,6 +20,8 @@ import {
   ACPI_TABLES_ADDR,
   virtioMmioWindow,
 } from "./layout.ts";
+import { needTool } from "../../tests/_gate.ts";
+import { withTempDir } from "../../tests/_util.ts";
 
 const DEVICES: VirtioMmioAcpiDevice[] = [
   virtioMmioWindow(0),
@@ -35,31 +37,11 @@ function signature(bytes: Uint8Array): string {
   return new TextDecoder().decode(bytes.subarray(0, 4));
 }
 
-/** Resolves `iasl`, or reports why it cannot run (fail in CI, skip elsewhere). */
-async function findIasl(): Promise<boolean> {
-  try {
-    const { success } = await new Deno.Command("iasl", {
-      args: ["-v"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    if (success) return true;
-  } catch {
-    // not installed
-  }
-  const message =
-    "iasl not found: install acpica-tools (apt-get install -y acpica-tools)";
-  if (Deno.env.get("CI") === "true") throw new Error(message);
-  console.warn(`SKIPPED: ${message}`);
-  return false;
-}
-
 /** Disassembles each table with `iasl -d`; returns the .dsl text by signature. */
 async function disassemble(
   tables: Uint8Array[],
 ): Promise<Map<string, string>> {
-  const dir = await Deno.makeTempDir({ prefix: "initx_acpi_" });
-  try {
+  return await withTempDir(async (dir) => {
     const out = new Map<string, string>();
     for (const t of tables) {
       const name = signature(t).toLowerCase();
@@ -81,9 +63,7 @@ async function disassemble(
       out.set(signature(t), await Deno.readTextFile(`${dir}/${name}.dsl`));
     }
     return out;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 }
 
 Deno.test("amlPkgLength() encodes one to four bytes counting itself", () => {
@@ -221,8 +201,8 @@ Deno.test("isPowerOffWrite() matches what Linux writes for S5", () => {
   assert.ok(!isPowerOffWrite((3 << 2) | SLEEP_CONTROL_SLP_EN)); // S3
 });
 
-Deno.test("iasl -d accepts the tables and reads them back", async () => {
-  if (!(await findIasl())) return;
+Deno.test("iasl -d accepts the tables and reads them back", async (t) => {
+  if (!needTool(t, "iasl", "it disassembles the tables")) return;
   const { blobs } = buildAcpiTables({
     cpus: 3,
     virtioMmio: DEVICES,
@@ -296,11 +276,10 @@ Deno.test("iasl -d accepts the tables and reads them back", async () => {
   assert.match(xsdt, /ACPI Table Address {3}1 :/);
 });
 
-Deno.test("iasl recompiles the disassembled DSDT to the same AML", async () => {
-  if (!(await findIasl())) return;
+Deno.test("iasl recompiles the disassembled DSDT to the same AML", async (t) => {
+  if (!needTool(t, "iasl", "it disassembles the tables")) return;
   const dsdt = buildDsdt(DEVICES);
-  const dir = await Deno.makeTempDir({ prefix: "initx_acpi_" });
-  try {
+  await withTempDir(async (dir) => {
     await Deno.writeFile(`${dir}/dsdt.dat`, dsdt);
     const run = async (args: string[]) => {
       const r = await new Deno.Command("iasl", {
@@ -316,7 +295,5 @@ Deno.test("iasl recompiles the disassembled DSDT to the same AML", async () => {
     const again = await Deno.readFile(`${dir}/again.aml`);
     // Headers differ in compiler ID/revision and checksum; the AML must not.
     assert.deepEqual(again.subarray(36), dsdt.subarray(36));
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { gunzip as gunzipCallback } from "node:zlib";
+import { gunzip as gunzipCallback, inflateRawSync } from "node:zlib";
 import { promisify } from "node:util";
 import { dirname, join, normalize, sep } from "node:path";
 
@@ -30,6 +30,15 @@ const AR_MAGIC = "!<arch>\n";
 const AR_HEADER_SIZE = 60;
 /** Size of a tar block in bytes. */
 const TAR_BLOCK_SIZE = 512;
+/** gzip member header: ID1 ID2 CM FLG MTIME(4) XFL OS (RFC 1952 §2.3). */
+const GZIP_HEADER_BYTES = 10;
+/** gzip member trailer: CRC32 and ISIZE (RFC 1952 §2.3). */
+const GZIP_TRAILER_BYTES = 8;
+/** gzip FLG bits (RFC 1952 §2.3.1): header CRC, extra field, name, comment. */
+const GZIP_FHCRC = 0x02;
+const GZIP_FEXTRA = 0x04;
+const GZIP_FNAME = 0x08;
+const GZIP_FCOMMENT = 0x10;
 
 const decoder = new TextDecoder();
 
@@ -92,6 +101,64 @@ export function readAr(bytes: Uint8Array): ArMember[] {
 export async function gunzip(bytes: Uint8Array): Promise<Uint8Array> {
   const out = await gunzipAsync(bytes);
   return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}
+
+/**
+ * Finds where the gzip member that starts at `start` ends: the offset just
+ * past its trailer, where the next member (if any) begins. An Alpine `.apk`
+ * is three members (signature, control, data) whose bytes are hashed and
+ * signed one by one. Throws `Cannot read gzip member at offset N: ...` for
+ * data that is not a whole gzip member.
+ *
+ * @example
+ * ```ts
+ * import { gzipMemberEnd } from "./archive.ts";
+ * const member = await new Response(
+ *   new Blob(["hello"]).stream().pipeThrough(new CompressionStream("gzip")),
+ * ).bytes();
+ * const two = new Uint8Array([...member, ...member]);
+ * console.assert(gzipMemberEnd(two) === member.length);
+ * console.assert(gzipMemberEnd(two, member.length) === two.length);
+ * ```
+ */
+export function gzipMemberEnd(bytes: Uint8Array, start = 0): number {
+  const fail = (detail: string): never => {
+    throw new Error(`Cannot read gzip member at offset ${start}: ${detail}`);
+  };
+  if (
+    bytes[start] !== 0x1f || bytes[start + 1] !== 0x8b || bytes[start + 2] !== 8
+  ) {
+    fail("no gzip header");
+  }
+  const flags = bytes[start + 3] ?? 0;
+  let at = start + GZIP_HEADER_BYTES;
+  if (flags & GZIP_FEXTRA) {
+    at += 2 + (bytes[at] ?? 0) + ((bytes[at + 1] ?? 0) << 8);
+  }
+  for (const flag of [GZIP_FNAME, GZIP_FCOMMENT]) {
+    if ((flags & flag) === 0) continue;
+    const nul = bytes.indexOf(0, at);
+    if (nul < 0) fail("the header runs past the end");
+    at = nul + 1;
+  }
+  if (flags & GZIP_FHCRC) at += 2;
+  if (at > bytes.length) fail("the header runs past the end");
+  let consumed = 0;
+  try {
+    // Raw inflate stops at the end of the deflate stream and reports how
+    // much input that took; whatever follows is left alone.
+    const result = inflateRawSync(bytes.subarray(at), {
+      info: true,
+    }) as unknown as {
+      engine: { bytesWritten: number };
+    };
+    consumed = result.engine.bytesWritten;
+  } catch (error) {
+    fail(`the compressed data is damaged (${(error as Error).message})`);
+  }
+  const end = at + consumed + GZIP_TRAILER_BYTES;
+  if (end > bytes.length) fail("the member is truncated");
+  return end;
 }
 
 /** Kind of a tar entry that this reader understands. */

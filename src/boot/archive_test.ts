@@ -1,34 +1,18 @@
 import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
-import { extractDeb, extractTar, gunzip, readAr, readTar } from "./archive.ts";
+import { crc32 } from "node:zlib";
+import {
+  extractDeb,
+  extractTar,
+  gunzip,
+  gzipMemberEnd,
+  readAr,
+  readTar,
+} from "./archive.ts";
+import { concat, gzip, withTempDir } from "../../tests/_util.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
-  const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream()
-    .pipeThrough(new CompressionStream("gzip"));
-  return await new Response(stream).bytes();
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "initx-archive-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /** Runs a host tool; returns false (skipping loudly, failing in CI) if it is missing. */
 async function tool(command: string, args: string[], cwd: string) {
@@ -118,11 +102,74 @@ Deno.test("extractTar() refuses paths leaving the destination", async () => {
 });
 
 Deno.test("gunzip() reads concatenated gzip members", async () => {
-  const joined = concat(
+  const joined = concat([
     await gzip(encoder.encode("hello ")),
     await gzip(encoder.encode("world")),
-  );
+  ]);
   equal(decoder.decode(await gunzip(joined)), "hello world");
+});
+
+Deno.test("gzipMemberEnd() finds where each of several gzip members ends", async () => {
+  const a = await gzip(encoder.encode("hello ".repeat(1000)));
+  const b = await gzip(crypto.getRandomValues(new Uint8Array(5000)));
+  const c = await gzip(new Uint8Array(0));
+  const joined = concat([a, b, c]);
+  equal(gzipMemberEnd(joined), a.length);
+  equal(gzipMemberEnd(joined, a.length), a.length + b.length);
+  equal(gzipMemberEnd(joined, a.length + b.length), joined.length);
+});
+
+Deno.test("gzipMemberEnd() skips the optional header fields", async () => {
+  const plain = await gzip(encoder.encode("payload"));
+  const FHCRC = 0x02, FEXTRA = 0x04, FNAME = 0x08, FCOMMENT = 0x10;
+  const header = Uint8Array.of(
+    0x1f,
+    0x8b,
+    8,
+    FHCRC | FEXTRA | FNAME | FCOMMENT,
+    ...plain.subarray(4, 10),
+  );
+  const fields = concat([
+    header,
+    Uint8Array.of(3, 0, 0xaa, 0xbb, 0xcc), // XLEN 3 and the extra field
+    encoder.encode("name.tar\0comment\0"),
+  ]);
+  const crc16 = crc32(fields) & 0xffff; // FHCRC: the CRC-32's low half
+  const member = concat([
+    fields,
+    Uint8Array.of(crc16 & 0xff, crc16 >> 8),
+    plain.subarray(10),
+  ]);
+  equal(decoder.decode(await gunzip(member)), "payload");
+  const tail = encoder.encode("next");
+  equal(gzipMemberEnd(concat([member, tail])), member.length);
+});
+
+Deno.test("gzipMemberEnd() rejects data that is not a whole gzip member", async () => {
+  const member = await gzip(encoder.encode("hello ".repeat(1000)));
+  throws(
+    () => gzipMemberEnd(encoder.encode("not gzip at all")),
+    /^Error: Cannot read gzip member at offset 0: no gzip header$/,
+  );
+  throws(
+    () => gzipMemberEnd(concat([member, encoder.encode("xy")]), member.length),
+    new RegExp(
+      `Cannot read gzip member at offset ${member.length}: no gzip header`,
+    ),
+  );
+  throws(
+    () => gzipMemberEnd(member.subarray(0, member.length - 4)),
+    /Cannot read gzip member at offset 0: the member is truncated/,
+  );
+  throws(
+    () => gzipMemberEnd(member.subarray(0, member.length / 2)),
+    /Cannot read gzip member at offset 0: the compressed data is damaged/,
+  );
+  throws(
+    () =>
+      gzipMemberEnd(Uint8Array.of(0x1f, 0x8b, 8, 0x08, 0, 0, 0, 0, 0, 3, 0x61)),
+    /the header runs past the end/,
+  );
 });
 
 Deno.test("readAr() reads binutils ar output", async () => {

@@ -1,32 +1,11 @@
 import { deepEqual, ok, throws } from "node:assert/strict";
 import { CpioWriter } from "./cpio.ts";
 import { gunzip } from "./archive.ts";
+import { needTool } from "../../tests/_gate.ts";
+import { withTempDir } from "../../tests/_util.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-/** True when GNU cpio is installed; fails in CI, skips loudly elsewhere. */
-async function haveCpio(): Promise<boolean> {
-  try {
-    const { success } = await new Deno.Command("cpio", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    if (success) return true;
-  } catch {
-    // not installed
-  }
-  if (Deno.env.get("CI") === "true") {
-    throw new Error(
-      "Cannot run the cpio round-trip test: 'cpio' is not installed (apt-get install -y cpio)",
-    );
-  }
-  console.warn(
-    "SKIPPED: cpio round-trip test needs 'cpio' (apt-get install -y cpio)",
-  );
-  return false;
-}
 
 async function runCpio(
   args: string[],
@@ -60,11 +39,10 @@ function sample(): CpioWriter {
     .device("/dev/vda", { type: "block", major: 254, minor: 0, mode: 0o660 });
 }
 
-Deno.test("CpioWriter.bytes() round-trips through cpio -idv", async () => {
-  if (!(await haveCpio())) return;
+Deno.test("CpioWriter.bytes() round-trips through cpio -idv", async (t) => {
+  if (!needTool(t, "cpio", "it reads the archive back")) return;
   const archive = sample().bytes();
-  const dir = await Deno.makeTempDir({ prefix: "initx-cpio-" });
-  try {
+  await withTempDir(async (dir) => {
     const listing = await runCpio(["-t", "--quiet"], archive, dir);
     deepEqual(listing.trim().split("\n"), [
       "init",
@@ -105,9 +83,7 @@ Deno.test("CpioWriter.bytes() round-trips through cpio -idv", async () => {
       deepEqual(console.rdev, (5 << 8) | 1);
       deepEqual((await Deno.lstat(`${dir}/dev/vda`)).isBlockDevice, true);
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("CpioWriter.gzip() compresses the same bytes", async () => {

@@ -10,6 +10,9 @@
  *    `dpkg-deb -x` or, without dpkg, by {@linkcode extractDeb};
  * 3. Alpine's `linux-virt` `.apk` from a mirror over HTTP(S)
  *    (`INITX_ALPINE_MIRROR`, `INITX_ALPINE_BRANCH`), for hosts without apt.
+ *    The mirror is not trusted: its `APKINDEX` must carry a signature by one
+ *    of Alpine's keys ({@linkcode ALPINE_KEYS}), and the `.apk` must match
+ *    that index (see `apk.ts`) before anything of it is unpacked.
  *
  * `source` (or `INITX_KERNEL_SOURCE`) picks 2 or 3; the default is Debian.
  * Fetched kernels live in `<cache>/kernels/<source>/<package>_<version>/`,
@@ -21,6 +24,12 @@
  */
 
 import { basename, dirname, join, resolve } from "node:path";
+import { ALPINE_KEYS } from "./alpine_keys.ts";
+import {
+  type ApkIndexEntry,
+  readSignedApkIndex,
+  verifiedApkData,
+} from "./apk.ts";
 import { extractDeb, extractTar, gunzip, readTar } from "./archive.ts";
 
 /** CPU architecture of a kernel, in the kernel's own spelling. */
@@ -63,6 +72,12 @@ export interface EnsureKernelOptions {
   alpineMirror?: string;
   /** Alpine branch (default: `INITX_ALPINE_BRANCH`, else `latest-stable`). */
   alpineBranch?: string;
+  /**
+   * Public keys (PEM) trusted to sign the Alpine index, by key file name as
+   * `.SIGN.RSA.<name>` names them (default: Alpine's own,
+   * {@linkcode ALPINE_KEYS}); for a mirror of packages signed elsewhere.
+   */
+  alpineKeys?: Readonly<Record<string, string>>;
   /**
    * Look up the newest kernel even if the last lookup is less than a day old
    * (default `false`: within a day, a cached kernel is used without asking
@@ -266,6 +281,7 @@ export async function ensureKernel(
           ALPINE_DEFAULT_MIRROR,
         branch: options.alpineBranch ?? env("INITX_ALPINE_BRANCH") ??
           "latest-stable",
+        keys: options.alpineKeys ?? ALPINE_KEYS,
         refresh,
       });
     default:
@@ -763,6 +779,7 @@ async function debianPackage(
 interface AlpineContext extends FetchContext {
   mirror: string;
   branch: string;
+  keys: Readonly<Record<string, string>>;
   refresh: boolean;
 }
 
@@ -789,38 +806,18 @@ async function download(url: string, what: string): Promise<Uint8Array> {
   return await response.bytes();
 }
 
-/** Finds a package's version in an `APKINDEX` (blank-line separated `K:value` records). */
-function apkIndexVersion(index: string, name: string): string | undefined {
-  for (const record of index.split(/\n\s*\n/)) {
-    const fields = new Map<string, string>();
-    for (const line of record.split("\n")) {
-      if (line[1] === ":") fields.set(line[0] ?? "", line.slice(2));
-    }
-    if (fields.get("P") === name) return fields.get("V");
-  }
-  return undefined;
-}
-
-async function alpineVersion(base: string): Promise<string> {
-  const indexUrl = `${base}/APKINDEX.tar.gz`;
-  const archive = await download(indexUrl, "the Alpine package index");
-  let index;
-  try {
-    index = readTar(await gunzip(archive)).find((e) => e.path === "APKINDEX");
-  } catch (error) {
-    throw new Error(
-      `Cannot read ${indexUrl}: ${(error as Error).message}`,
-      { cause: error },
-    );
-  }
-  if (!index) {
-    throw new Error(`Cannot read ${indexUrl}: no APKINDEX file in it`);
-  }
-  const version = apkIndexVersion(decoder.decode(index.data), ALPINE_PACKAGE);
-  if (version === undefined) {
+/** Finds a package in a signed `APKINDEX.tar.gz`. */
+async function alpineIndexEntry(
+  archive: Uint8Array,
+  indexUrl: string,
+  keys: Readonly<Record<string, string>>,
+): Promise<ApkIndexEntry> {
+  const entries = await readSignedApkIndex(archive, { keys, source: indexUrl });
+  const entry = entries.find((e) => e.name === ALPINE_PACKAGE);
+  if (entry === undefined) {
     throw new Error(`Cannot find ${ALPINE_PACKAGE} in ${indexUrl}`);
   }
-  return version;
+  return entry;
 }
 
 async function alpineKernel(context: AlpineContext): Promise<KernelInfo> {
@@ -828,9 +825,10 @@ async function alpineKernel(context: AlpineContext): Promise<KernelInfo> {
   const base = `${mirror}/${context.branch}/main/${context.arch}`;
   const latest = await readLatest(context, "alpine", base);
   if (latest.info && latest.fresh && !context.refresh) return latest.info;
-  let version: string;
+  const indexUrl = `${base}/APKINDEX.tar.gz`;
+  let archive: Uint8Array;
   try {
-    version = await alpineVersion(base);
+    archive = await download(indexUrl, "the Alpine package index");
   } catch (error) {
     if (!latest.info) throw error;
     context.progress(
@@ -838,19 +836,22 @@ async function alpineKernel(context: AlpineContext): Promise<KernelInfo> {
     );
     return latest.info;
   }
+  // An index that fails its signature check is an error, cached kernel or
+  // not: the mirror answers, with something Alpine did not sign.
+  const pkg = await alpineIndexEntry(archive, indexUrl, context.keys);
+  const version = pkg.version;
   const label = `${ALPINE_PACKAGE}_${version}_${context.arch}`;
   const entryDir = join(context.cacheDir, "kernels", "alpine", safeName(label));
   const info = await cachedOrFetched(context, entryDir, label, async (temp) => {
     const file = `${ALPINE_PACKAGE}-${version}.apk`;
     context.progress(`fetching kernel ${file} from ${mirror} ...`);
     const apk = await download(`${base}/${file}`, `kernel package ${file}`);
+    // Only the data member, checked against the signed index, is unpacked.
+    const data = await verifiedApkData(apk, pkg);
     context.progress(`unpacking ${file} ...`);
     const root = join(temp, "root");
     try {
-      // An .apk is gzip members (signature, control, data) that decompress
-      // to one tar stream; top-level dot files are signature and metadata.
-      const entries = readTar(await gunzip(apk));
-      await extractTar(entries.filter((e) => !e.path.startsWith(".")), root);
+      await extractTar(readTar(await gunzip(data)), root);
     } catch (error) {
       throw new Error(
         `Cannot unpack ${file}: ${(error as Error).message}`,

@@ -7,6 +7,13 @@ import {
   isKernelImage,
 } from "./kernel.ts";
 import { indexModules, resolveModules } from "./modules.ts";
+import { gzip, withTempDir } from "../../tests/_util.ts";
+import {
+  signedIndex,
+  type TestApk,
+  testApk,
+  testSigningKey,
+} from "./_alpine_test_util.ts";
 
 const encoder = new TextEncoder();
 
@@ -19,87 +26,44 @@ function fakeBzImage(version: string): Uint8Array {
   return image;
 }
 
-async function gzip(bytes: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
-  const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream()
-    .pipeThrough(new CompressionStream("gzip"));
-  return await new Response(stream).bytes();
+/** The mirror's signing key, trusted through `alpineKeys`. */
+const KEY = testSigningKey("test@initx-1.rsa.pub");
+const TEST_KEYS = { [KEY.name]: KEY.publicPem };
+
+/** Builds a linux-virt .apk like Alpine's, signed by KEY, and its index record. */
+async function fakeApk(version: string, release: string): Promise<TestApk> {
+  return await testApk({
+    name: "linux-virt",
+    version,
+    key: KEY,
+    files: {
+      "boot": "dir",
+      "boot/vmlinuz-virt": fakeBzImage(release),
+      "boot/config-virt": encoder.encode("CONFIG_VIRTIO_MMIO=y\n"),
+      "lib/modules/": "dir",
+      [`lib/modules/${release}/kernel/fs/fuse/fuse.ko.gz`]: await gzip(
+        encoder.encode("not really ELF"),
+      ),
+      [`lib/modules/${release}/modules.builtin`]: encoder.encode(""),
+    },
+  });
 }
 
-function concat(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** Minimal ustar writer (names under 100 bytes), for building test packages. */
-function tar(
-  files: Record<string, Uint8Array | "dir">,
-  options: { endMarker: boolean },
-): Uint8Array {
-  const parts: Uint8Array[] = [];
-  const octal = (n: number, width: number) =>
-    n.toString(8).padStart(width - 1, "0") + "\0";
-  for (const [path, data] of Object.entries(files)) {
-    const header = new Uint8Array(512);
-    const isDir = data === "dir";
-    const size = isDir ? 0 : data.length;
-    header.set(encoder.encode(path), 0);
-    header.set(encoder.encode(octal(isDir ? 0o755 : 0o644, 8)), 100);
-    header.set(encoder.encode(octal(0, 8)), 108);
-    header.set(encoder.encode(octal(0, 8)), 116);
-    header.set(encoder.encode(octal(size, 12)), 124);
-    header.set(encoder.encode(octal(0, 12)), 136);
-    header.set(encoder.encode(isDir ? "5" : "0"), 156);
-    header.set(encoder.encode("ustar\x0000"), 257);
-    header.fill(0x20, 148, 156);
-    const sum = header.reduce((a, b) => a + b, 0);
-    header.set(encoder.encode(octal(sum, 7) + " "), 148);
-    parts.push(header);
-    if (!isDir) {
-      parts.push(data, new Uint8Array((512 - (size % 512)) % 512));
-    }
-  }
-  if (options.endMarker) parts.push(new Uint8Array(1024));
-  return concat(parts);
-}
-
-/** Builds an .apk like Alpine's: gzip(signature) + gzip(control) + gzip(data). */
-async function fakeApk(
+/**
+ * Serves a fake Alpine mirror on 127.0.0.1 with an index signed by KEY;
+ * counts requests per path. `serve` may change the .apk it sends.
+ */
+async function fakeMirror(
   version: string,
   release: string,
-): Promise<Uint8Array<ArrayBuffer>> {
-  const signature = tar({ ".SIGN.RSA.test.rsa.pub": encoder.encode("sig") }, {
-    endMarker: false,
-  });
-  const control = tar({
-    ".PKGINFO": encoder.encode(`pkgname = linux-virt\npkgver = ${version}\n`),
-  }, { endMarker: false });
-  const data = tar({
-    "boot": "dir",
-    "boot/vmlinuz-virt": fakeBzImage(release),
-    "boot/config-virt": encoder.encode("CONFIG_VIRTIO_MMIO=y\n"),
-    "lib/modules/": "dir",
-    [`lib/modules/${release}/kernel/fs/fuse/fuse.ko.gz`]: await gzip(
-      encoder.encode("not really ELF"),
-    ),
-    [`lib/modules/${release}/modules.builtin`]: encoder.encode(""),
-  }, { endMarker: true });
-  return concat([await gzip(signature), await gzip(control), await gzip(data)]);
-}
-
-/** Serves a fake Alpine mirror on 127.0.0.1; counts requests per path. */
-async function fakeMirror(version: string, release: string) {
-  const apk = await fakeApk(version, release);
-  const index = await gzip(tar({
-    "APKINDEX": encoder.encode(
-      `C:Q1abc=\nP:linux-lts\nV:6.12.1-r0\n\nC:Q1def=\nP:linux-virt\nV:${version}\nA:x86_64\n\n`,
-    ),
-    "DESCRIPTION": encoder.encode("test mirror"),
-  }, { endMarker: true }));
+  options: { serve?: (apk: Uint8Array) => Uint8Array } = {},
+) {
+  const { apk, record } = await fakeApk(version, release);
+  const index = await signedIndex(
+    `C:Q1abc=\nP:linux-lts\nV:6.12.1-r0\n\n${record}`,
+    KEY,
+  );
+  const served = options.serve?.(apk) ?? apk;
   const hits = new Map<string, number>();
   const base = "/alpine/latest-stable/main/x86_64";
   const server = Deno.serve(
@@ -109,7 +73,7 @@ async function fakeMirror(version: string, release: string) {
       hits.set(path, (hits.get(path) ?? 0) + 1);
       if (path === `${base}/APKINDEX.tar.gz`) return new Response(index);
       if (path === `${base}/linux-virt-${version}.apk`) {
-        return new Response(apk);
+        return new Response(served as Uint8Array<ArrayBuffer>);
       }
       return new Response("not found", { status: 404 });
     },
@@ -121,13 +85,15 @@ async function fakeMirror(version: string, release: string) {
   };
 }
 
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "initx-kernel-" });
+/** The names in `dir`, sorted (empty when it does not exist). */
+async function namesIn(dir: string): Promise<string[]> {
+  const names: string[] = [];
   try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
+  return names.sort();
 }
 
 Deno.test("isKernelImage() and bzImageVersion() read the setup header", () => {
@@ -194,6 +160,7 @@ Deno.test("ensureKernel() fetches Alpine linux-virt from a mirror and caches it"
       const options: EnsureKernelOptions = {
         source: "alpine",
         alpineMirror: mirror.url + "/",
+        alpineKeys: TEST_KEYS,
         arch: "x86_64",
         cacheDir,
         onProgress: (m) => messages.push(m),
@@ -219,14 +186,8 @@ Deno.test("ensureKernel() fetches Alpine linux-virt from a mirror and caches it"
       );
       deepEqual([...(await indexModules(info.modules!)).keys()], ["fuse"]);
       // no signature or metadata files, no temp dirs left behind
-      const top = [];
-      for await (const e of Deno.readDir(entry)) top.push(e.name);
-      deepEqual(top.sort(), ["boot", "kernel.json", "lib"]);
-      const kernels = [];
-      for await (const e of Deno.readDir(join(cacheDir, "kernels"))) {
-        kernels.push(e.name);
-      }
-      deepEqual(kernels, ["alpine"]);
+      deepEqual(await namesIn(entry), ["boot", "kernel.json", "lib"]);
+      deepEqual(await namesIn(join(cacheDir, "kernels")), ["alpine"]);
       equal(mirror.hits("APKINDEX.tar.gz"), 1);
       equal(mirror.hits("linux-virt-6.6.1-r0.apk"), 1);
 
@@ -265,11 +226,74 @@ Deno.test("ensureKernel() reports Alpine download failures clearly", async () =>
           source: "alpine",
           alpineMirror: mirror.url,
           alpineBranch: "v0.0",
+          alpineKeys: TEST_KEYS,
           arch: "x86_64",
           cacheDir,
           onProgress: () => {},
         }),
         /Cannot download the Alpine package index from http:\/\/127\.0\.0\.1:\d+\/alpine\/v0\.0\/main\/x86_64\/APKINDEX\.tar\.gz: HTTP 404/,
+      );
+    });
+  } finally {
+    await mirror.close();
+  }
+});
+
+Deno.test("ensureKernel() refuses an Alpine package that does not match the signed index, and caches nothing", async () => {
+  // The mirror flips one byte of the kernel package's data member.
+  const mirror = await fakeMirror("6.6.1-r0", "6.6.1-0-virt", {
+    serve: (apk) => {
+      const bad = apk.slice();
+      bad[bad.length - 20] = bad[bad.length - 20]! ^ 0xff;
+      return bad;
+    },
+  });
+  try {
+    await withTempDir(async (cacheDir) => {
+      await rejects(
+        ensureKernel({
+          source: "alpine",
+          alpineMirror: mirror.url,
+          alpineKeys: TEST_KEYS,
+          arch: "x86_64",
+          cacheDir,
+          onProgress: () => {},
+        }),
+        /^Error: Cannot verify package linux-virt-6\.6\.1-r0\.apk: its data has SHA-256 [0-9a-f]{64}, its signed control says [0-9a-f]{64}$/,
+      );
+      equal(mirror.hits("linux-virt-6.6.1-r0.apk"), 1);
+      // No entry, no pointer to one, no temp dir left behind.
+      deepEqual(await namesIn(join(cacheDir, "kernels")), []);
+    });
+  } finally {
+    await mirror.close();
+  }
+});
+
+Deno.test("ensureKernel() refuses an Alpine index that no trusted key signed, even with a cached kernel", async () => {
+  const mirror = await fakeMirror("6.6.1-r0", "6.6.1-0-virt");
+  try {
+    await withTempDir(async (cacheDir) => {
+      const options: EnsureKernelOptions = {
+        source: "alpine",
+        alpineMirror: mirror.url,
+        arch: "x86_64",
+        cacheDir,
+        onProgress: () => {},
+      };
+      // Alpine's own keys (the default) did not sign the test mirror.
+      await rejects(
+        ensureKernel(options),
+        new RegExp(
+          `^Error: Cannot verify the Alpine package index ${mirror.url}/latest-stable/main/x86_64/APKINDEX\\.tar\\.gz: it is not signed by a trusted key \\(signed by: test@initx-1\\.rsa\\.pub\\)$`,
+        ),
+      );
+      equal(mirror.hits("linux-virt-6.6.1-r0.apk"), 0);
+      // A kernel cached from a trusted index is no way around it.
+      await ensureKernel({ ...options, alpineKeys: TEST_KEYS });
+      await rejects(
+        ensureKernel({ ...options, refresh: true }),
+        /it is not signed by a trusted key/,
       );
     });
   } finally {

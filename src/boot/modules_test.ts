@@ -7,6 +7,7 @@ import {
   readModuleInfo,
   resolveModules,
 } from "./modules.ts";
+import { alignUp, gzip, withTempDir } from "../../tests/_util.ts";
 
 const encoder = new TextEncoder();
 
@@ -22,7 +23,7 @@ function fakeModule(modinfo: Record<string, string>): Uint8Array {
   const shstrtab = encoder.encode("\0.modinfo\0.shstrtab\0");
   const infoOffset = 0x40;
   const strOffset = infoOffset + info.length;
-  const shoff = (strOffset + shstrtab.length + 7) & ~7;
+  const shoff = alignUp(strOffset + shstrtab.length, 8);
   const elf = new Uint8Array(shoff + 3 * 64);
   const view = new DataView(elf.buffer);
   elf.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
@@ -47,12 +48,6 @@ function fakeModule(modinfo: Record<string, string>): Uint8Array {
   return elf;
 }
 
-async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
-  const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream()
-    .pipeThrough(new CompressionStream("gzip"));
-  return await new Response(stream).bytes();
-}
-
 /** Writes fake modules into `<dir>/kernel/<sub>/<file>`. */
 async function fakeTree(
   dir: string,
@@ -63,15 +58,6 @@ async function fakeTree(
     await Deno.mkdir(join(path, ".."), { recursive: true });
     const elf = fakeModule(info);
     await Deno.writeFile(path, file.endsWith(".gz") ? await gzip(elf) : elf);
-  }
-}
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "initx-modules-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
   }
 }
 

@@ -8,7 +8,8 @@
  * ```
  *
  * Exit status: 0 when the guest powers off, 1 for any other end (reboot,
- * panic, triple fault, timeout, error) or a failure to start, 2 for bad
+ * panic, triple fault, timeout, error), a failure to start or console output
+ * that could not be written (the guest runs on regardless), 2 for bad
  * arguments.
  *
  * @module
@@ -120,7 +121,14 @@ export async function bootCommand(
       onConsole: out,
     });
     const seconds = (result.elapsedMs / 1000).toFixed(1);
-    if (result.outcome.kind === "power-off") return 0;
+    if (result.consoleError !== undefined) {
+      err(
+        `initx boot: cannot write the guest's console: ${result.consoleError.message}`,
+      );
+    }
+    if (result.outcome.kind === "power-off") {
+      return result.consoleError === undefined ? 0 : 1;
+    }
     err(`initx boot: ${describeOutcome(result.outcome)} after ${seconds} s`);
     return 1;
   } catch (e) {

@@ -1,6 +1,7 @@
 import { deepEqual, equal, match } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { compileCommand } from "./compile.ts";
+import { HOST_ARCH, withTempDir } from "../../tests/_util.ts";
 
 const HELLO = fileURLToPath(
   new URL("../../examples/hello.ts", import.meta.url),
@@ -25,15 +26,6 @@ async function compile(
   }
 }
 
-async function withTempDir(body: (dir: string) => Promise<void>) {
-  const dir = await Deno.makeTempDir({ prefix: "initx-compile-" });
-  try {
-    await body(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
 Deno.test("compileCommand() compiles examples/hello.ts to a runnable executable for each architecture", async () => {
   await withTempDir(async (dir) => {
     for (const arch of ["x86_64", "aarch64"] as const) {
@@ -45,7 +37,7 @@ Deno.test("compileCommand() compiles examples/hello.ts to a runnable executable 
         new RegExp(`^Wrote .*hello-${arch}: \\d+ bytes, ${arch}\\n$`),
       );
       equal((await Deno.stat(out)).mode! & 0o777, 0o755);
-      const native = arch === Deno.build.arch;
+      const native = arch === HOST_ARCH;
       const command = native ? out : `/usr/bin/qemu-${arch}-static`;
       if (!native && !(await Deno.stat(command).catch(() => null))) continue;
       const run = await new Deno.Command(command, {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ImageStore } from "../image/store.ts";
 import { cacheCommand, imagesCommand, pullCommand } from "./images.ts";
+import { withTempDir } from "../../tests/_util.ts";
 
 function capture() {
   const out: string[] = [];
@@ -16,8 +17,7 @@ function capture() {
 }
 
 Deno.test("initx pull, images and cache prune on a temporary cache", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "initx-images-test-" });
-  try {
+  await withTempDir(async (dir) => {
     const images = new ImageStore({ dir });
     const pull = capture();
     assert.equal(
@@ -46,14 +46,11 @@ Deno.test("initx pull, images and cache prune on a temporary cache", async () =>
     const empty = capture();
     assert.equal(await imagesCommand([], { images, ...empty.io }), 0);
     assert.equal(empty.out.length, 1);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("initx pull refuses what it cannot do, with a clear message", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "initx-images-test-" });
-  try {
+  await withTempDir(async (dir) => {
     const images = new ImageStore({ dir });
     const none = capture();
     assert.equal(await pullCommand([], { images, ...none.io }), 2);
@@ -67,7 +64,5 @@ Deno.test("initx pull refuses what it cannot do, with a clear message", async ()
     const bad = capture();
     assert.equal(await cacheCommand(["clean"], { images, ...bad.io }), 2);
     assert.match(bad.err[0]!, /Usage: initx cache prune/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

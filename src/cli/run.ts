@@ -23,7 +23,11 @@ import { parseReference } from "../image/reference.ts";
 import { resolveContainerCommand } from "../initx/container_command.ts";
 import { ExitError } from "../initx/errors.ts";
 import { buildExecProgram } from "../initx/program_loop.ts";
-import { type GuestShare, VirtualMachine } from "../initx/virtual_machine.ts";
+import {
+  GUEST_CONSOLE,
+  type GuestShare,
+  VirtualMachine,
+} from "../initx/virtual_machine.ts";
 import { DEFAULT_MEMORY_MIB } from "../initx/linux_vm.ts";
 import { HostDirFs } from "../vfs/host_dir.ts";
 import { openImageFilesystem } from "../vfs/image_fs.ts";
@@ -56,6 +60,10 @@ Options:
   -u, --user USER      user[:group], by name or number
   -v, --volume H:G[:ro]  share host directory H at G (read-only with :ro)
   -i, --interactive    stream this terminal's stdin into the command
+  -t, --tty            give the command a terminal (the guest's hvc0; with -i
+                       this terminal goes raw and keys reach it as typed)
+  --exec               run the command as PID 1 (of its own PID namespace,
+                       with its own /proc), as container runtimes do
   --platform OS/ARCH   image platform (default: this host's)
   --pull WHEN          missing (default), always or never
   --kernel PATH        bzImage to boot (default: the cached Debian cloud kernel)
@@ -86,6 +94,53 @@ export interface RunCommandOptions {
    * (default: true when `INITX_OFFLINE=1` is set).
    */
   offline?: boolean;
+  /** The terminal `-t` drives (default: this process's, {@linkcode hostTerminal}). */
+  terminal?: RunTerminal;
+}
+
+/** What `initx run -t` needs of the user's terminal. */
+export interface RunTerminal {
+  /** Its size now, if it has one. */
+  size(): { columns: number; rows: number } | undefined;
+  /** Calls `listener` on every resize until the returned function is called. */
+  onResize(listener: (columns: number, rows: number) => void): () => void;
+  /** Raw mode on or off (keys go to the guest's terminal as typed). */
+  setRaw(raw: boolean): void;
+}
+
+/**
+ * This process's terminal: `Deno.consoleSize()` of stdout, SIGWINCH, and
+ * raw mode on stdin.
+ *
+ * @example
+ * ```ts ignore
+ * import { hostTerminal } from "./run.ts";
+ * console.log(hostTerminal().size());
+ * ```
+ */
+export function hostTerminal(): RunTerminal {
+  const size = () => {
+    try {
+      return Deno.consoleSize();
+    } catch {
+      return undefined; // not a terminal
+    }
+  };
+  return {
+    size,
+    onResize(listener) {
+      if (Deno.build.os === "windows") return () => {};
+      const handler = () => {
+        const s = size();
+        if (s) listener(s.columns, s.rows);
+      };
+      Deno.addSignalListener("SIGWINCH", handler);
+      return () => Deno.removeSignalListener("SIGWINCH", handler);
+    },
+    setRaw(raw) {
+      Deno.stdin.setRaw(raw);
+    },
+  };
 }
 
 /** A `-v HOST:GUEST[:ro]` flag, parsed. */
@@ -187,14 +242,6 @@ export async function runCommand(
     err(`initx run: an image is needed\n${RUN_USAGE}`);
     return 2;
   }
-  for (const flag of ["tty", "exec"] as const) {
-    if (values[flag]) {
-      err(
-        `initx run: --${flag} is not supported yet: run without it (-i streams stdin)`,
-      );
-      return 2;
-    }
-  }
   const pull = values.pull ?? "missing";
   if (pull !== "missing" && pull !== "always" && pull !== "never") {
     err(`initx run: --pull "${pull}" is not missing, always or never`);
@@ -228,6 +275,11 @@ export async function runCommand(
   const signal = options.signal ?? interrupt.signal;
   if (options.signal === undefined) Deno.addSignalListener("SIGINT", onSigint);
   let vm: VirtualMachine | undefined;
+  const terminal = options.terminal ?? hostTerminal();
+  let rawMode = false;
+  let stopResize = () => {};
+  let typing: Promise<void> | undefined;
+  const typingDone = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
   let timedOut = false;
   const shares: GuestShare[] = [];
@@ -277,7 +329,8 @@ export async function runCommand(
       root,
       shares,
       dmesg: values.dmesg,
-      console: values.dmesg ? errOut : undefined,
+      // With -t the console is the command's terminal: it goes to stdout.
+      console: values.tty ? out : values.dmesg ? errOut : undefined,
       debug: values.debug ? (line) => err(`initx run: ${line}`) : undefined,
     });
     const running = vm;
@@ -285,7 +338,50 @@ export async function runCommand(
       timedOut = true;
       void running.close();
     }, timeoutMs);
+    if (values.tty) {
+      const size = terminal.size();
+      if (size) vm.setConsoleSize(size.columns, size.rows);
+      stopResize = terminal.onResize((columns, rows) =>
+        running.setConsoleSize(columns, rows)
+      );
+    }
     await vm.boot({ timeoutMs: bootTimeoutMs, signal });
+    if (values.tty) {
+      const env = cmd.env.some((e) => e.startsWith("TERM="))
+        ? cmd.env
+        : [...cmd.env, `TERM=${Deno.env.get("TERM") || "xterm"}`];
+      const program = buildExecProgram(cmd.path, cmd.argv, {
+        env,
+        cwd: cmd.cwd,
+        uid: cmd.uid,
+        gid: cmd.gid,
+        tty: GUEST_CONSOLE,
+        pidNamespace: values.exec,
+      });
+      if (values.interactive) {
+        const stdin = options.stdin ?? Deno.stdin.readable;
+        if (options.stdin === undefined && Deno.stdin.isTerminal()) {
+          terminal.setRaw(true);
+          rawMode = true;
+        }
+        typing = stdin.pipeTo(
+          new WritableStream({ write: (b) => running.writeConsole(b) }),
+          { signal: typingDone.signal },
+        ).catch(() => {});
+      }
+      // Ctrl-C outside raw mode stops the VM, and with it the run.
+      const stop = () => void running.close();
+      signal.addEventListener("abort", stop, { once: true });
+      try {
+        await vm.run(program);
+        return 0;
+      } catch (e) {
+        if (e instanceof ExitError) return e.code;
+        throw e;
+      } finally {
+        signal.removeEventListener("abort", stop);
+      }
+    }
     try {
       await vm.runWithStreamingOutput(
         buildExecProgram(cmd.path, cmd.argv, {
@@ -293,6 +389,7 @@ export async function runCommand(
           cwd: cmd.cwd,
           uid: cmd.uid,
           gid: cmd.gid,
+          pidNamespace: values.exec,
         }),
         {
           stdin: values.interactive
@@ -324,6 +421,10 @@ export async function runCommand(
     return 1;
   } finally {
     clearTimeout(timer);
+    stopResize();
+    typingDone.abort();
+    await typing;
+    if (rawMode) terminal.setRaw(false);
     if (options.signal === undefined) {
       Deno.removeSignalListener("SIGINT", onSigint);
     }

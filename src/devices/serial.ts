@@ -121,7 +121,11 @@ export interface SerialEvents {
 export interface SerialOptions {
   /** Interrupt line: an object with `trigger()` or a plain callback. */
   trigger: SerialTrigger | (() => void);
-  /** Receives every transmitted byte (one byte per call, not buffered). */
+  /**
+   * Receives every transmitted byte (one byte per call, not buffered). A
+   * sink that throws loses that byte, never the guest: see
+   * {@link Serial.outputError}.
+   */
   out: (bytes: Uint8Array) => void;
   /** Optional hooks. */
   events?: SerialEvents;
@@ -177,6 +181,8 @@ export class Serial {
   #fifoEnabled = false;
   #thrEmptyPending = false;
   #input: number[] = [];
+  #outputErrors = 0;
+  #outputError: Error | undefined;
 
   /** Creates a UART in its reset state. */
   constructor(options: SerialOptions) {
@@ -191,6 +197,19 @@ export class Serial {
       );
     }
     this.#capacity = capacity;
+  }
+
+  /** Bytes lost because the output sink threw (one byte per failed call). */
+  get outputErrors(): number {
+    return this.#outputErrors;
+  }
+
+  /**
+   * The first error the output sink threw (later bytes still go to the
+   * sink), or undefined while it has not failed.
+   */
+  get outputError(): Error | undefined {
+    return this.#outputError;
   }
 
   /** Free room in the input queue, in bytes. */
@@ -401,7 +420,14 @@ export class Serial {
       // Loopback: the byte arrives at the receiver; dropped if it is full.
       if (this.#input.length < this.#capacity) this.#input.push(byte);
     } else {
-      this.#out(Uint8Array.of(byte));
+      try {
+        this.#out(Uint8Array.of(byte));
+      } catch (e) {
+        // The byte is lost, but THR must empty as always: a driver waiting
+        // for THRE would otherwise wait for good.
+        this.#outputErrors++;
+        this.#outputError ??= e instanceof Error ? e : new Error(String(e));
+      }
     }
     this.#thrEmptyPending = true;
     this.#update();

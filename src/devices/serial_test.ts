@@ -111,6 +111,31 @@ Deno.test("Serial transmits bytes and interrupts after each when enabled", () =>
   assert.deepEqual(out, [0x68, 0x69, 0x21]);
 });
 
+Deno.test("Serial keeps transmitting and interrupting when the output sink throws, and keeps the first error", () => {
+  let irqs = 0;
+  const out: number[] = [];
+  const s = new Serial({
+    trigger: () => void irqs++,
+    out: (bytes) => {
+      if (bytes[0] === 0x21) throw new Error(`sink full at ${out.length}`);
+      out.push(...bytes);
+    },
+  });
+  s.write(IER, IER_THRE);
+  s.read(IIR_FCR);
+  assert.equal(s.outputError === undefined, true);
+  for (const b of new TextEncoder().encode("a!b!c")) {
+    s.write(RBR_THR, b);
+    // Each byte empties THR and interrupts, lost or not: the driver goes on.
+    assert.equal(s.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+    assert.equal(s.read(IIR_FCR) & 0x0f, IIR_THRE_ID);
+  }
+  assert.deepEqual(out, [0x61, 0x62, 0x63]);
+  assert.equal(irqs, 1 + 5);
+  assert.equal(s.outputErrors, 2);
+  assert.equal(s.outputError?.message, "sink full at 1");
+});
+
 Deno.test("Serial delivers input with data-ready status and interrupts", () => {
   const { serial: s, irqs, drained } = harness();
   s.write(IER, IER_RDA);

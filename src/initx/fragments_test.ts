@@ -35,6 +35,7 @@ import {
   trySetHosts,
   writeBinaryFile,
 } from "./fragments.ts";
+import { withTempDir } from "../../tests/_util.ts";
 
 const ARCHES: readonly Arch[] = ["x86_64", "aarch64"];
 
@@ -60,14 +61,11 @@ async function runEach(
   options: { stdin?: string; setup?: (dir: string) => Promise<void> } = {},
 ): Promise<void> {
   for (const arch of ARCHES) {
-    const dir = await Deno.makeTempDir({ prefix: "initx-fragments-" });
-    try {
+    await withTempDir(async (dir) => {
       await options.setup?.(dir);
       const result = await run(program, { arch, dir, stdin: options.stdin });
       if (result !== undefined) await check({ ...result, arch, dir });
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   }
 }
 

@@ -1,4 +1,5 @@
 import { need } from "../../tests/_gate.ts";
+import { HOST_ARCH, withTempDir } from "../../tests/_util.ts";
 /**
  * The init program: its ELF and its steps, and (as root, with `unshare`)
  * whole runs as PID 1 of a fresh PID and mount namespace, where powering
@@ -171,11 +172,10 @@ async function runAsPid1(
   config: InitConfig,
   arch: Arch,
 ): Promise<{ output: string; signal: Deno.Signal | null; code: number }> {
-  const dir = await Deno.makeTempDir({ prefix: "initx-init-" });
-  try {
+  return await withTempDir(async (dir) => {
     const path = `${dir}/init`;
     await Deno.writeFile(path, buildInitElf(config, { arch }), { mode: 0o755 });
-    const emulator = arch === Deno.build.arch ? "" : `qemu-${arch}-static `;
+    const emulator = arch === HOST_ARCH ? "" : `qemu-${arch}-static `;
     const output = await new Deno.Command("/usr/bin/unshare", {
       args: [
         "--pid",
@@ -197,9 +197,7 @@ async function runAsPid1(
       signal: output.signal,
       code: output.code,
     };
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 }
 
 // The namespace has no console of ours: the init's stdout pipe stands in.
@@ -324,7 +322,7 @@ Deno.test({
         await Deno.writeFile(path, buildInitElf(config, { arch }), {
           mode: 0o755,
         });
-        const emulator = arch === Deno.build.arch ? "" : `qemu-${arch}-static `;
+        const emulator = arch === HOST_ARCH ? "" : `qemu-${arch}-static `;
         const child = new Deno.Command("/usr/bin/unshare", {
           args: [
             "--pid",

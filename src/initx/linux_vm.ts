@@ -85,7 +85,11 @@ export interface LinuxVmOptions {
   memoryMiB?: number;
   /** Stop the VM after this many milliseconds (default: never). */
   timeoutMs?: number;
-  /** Receives the serial console's output, in chunks of whole lines or less. */
+  /**
+   * Receives the serial console's output, in chunks of whole lines or less.
+   * A sink that throws loses that chunk, never the guest: the first error
+   * comes back as {@linkcode LinuxVmResult.consoleError}.
+   */
   onConsole?: (bytes: Uint8Array) => void;
   /**
    * virtio devices, each behind a virtio-mmio window described in the DSDT
@@ -134,6 +138,11 @@ export interface LinuxVmResult {
   console: string;
   /** Milliseconds from the start of vCPU 0 to the end of the run. */
   elapsedMs: number;
+  /**
+   * The first error `onConsole` threw, when it threw: the chunks it threw
+   * on were lost (later ones still reached it, and the guest ran on).
+   */
+  consoleError?: Error;
 }
 
 /**
@@ -341,6 +350,11 @@ export class LinuxVm {
     return this.#console.text();
   }
 
+  /** The first error `onConsole` threw so far, or undefined. */
+  get consoleError(): Error | undefined {
+    return this.#console.error;
+  }
+
   /** Ends the run (outcome `stopped` unless it already ended). */
   stop(): Promise<LinuxVmResult> {
     this.#end({ kind: "stopped" });
@@ -488,7 +502,13 @@ export class LinuxVm {
         (outcome.kind === "reboot" || outcome.kind === "triple-fault")
       ? { kind: "panic" as const, tail: text.slice(-PANIC_TAIL_CHARS) }
       : outcome;
-    this.#resolve({ outcome: ended, console: text, elapsedMs });
+    const consoleError = this.#console.error;
+    this.#resolve({
+      outcome: ended,
+      console: text,
+      elapsedMs,
+      ...(consoleError === undefined ? {} : { consoleError }),
+    });
   }
 }
 
@@ -605,8 +625,10 @@ function toHvSregs(
 /**
  * The serial console's output: batched for `onConsole` (each line, or what
  * has come after {@linkcode CONSOLE_FLUSH_MS}), decoded, and kept as a tail.
+ * The first error `onConsole` throws is kept in `error`.
  */
 class ConsoleLog {
+  #error: Error | undefined;
   #pending: number[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #decoder = new TextDecoder();
@@ -640,8 +662,10 @@ class ConsoleLog {
     this.#pending = [];
     try {
       this.#onConsole?.(bytes);
-    } catch {
-      // A failing console sink must not stop the guest.
+    } catch (e) {
+      // A failing console sink must not stop the guest; the caller hears of
+      // it in the result.
+      this.#error ??= e instanceof Error ? e : new Error(String(e));
     }
     const text = this.#decoder.decode(bytes, { stream: true });
     // Markers may straddle two flushes: look at the new text with some before.
@@ -652,5 +676,9 @@ class ConsoleLog {
 
   text(): string {
     return this.#tail;
+  }
+
+  get error(): Error | undefined {
+    return this.#error;
   }
 }

@@ -1,22 +1,19 @@
-// Input checks of bootLinux() that run before any hypervisor is opened: they
-// need no /dev/kvm. The boots themselves are in tests/e2e/boot_e2e_test.ts.
-import { match, rejects, throws } from "node:assert/strict";
+// Input checks of bootLinux() that run before any hypervisor is opened, and
+// the console path on a stand-in hypervisor: they need no /dev/kvm. The boots
+// themselves are in tests/e2e/boot_e2e_test.ts.
+import {
+  deepEqual,
+  equal,
+  match,
+  ok,
+  rejects,
+  throws,
+} from "node:assert/strict";
 import { bootLinux, checkKernelImage } from "./linux_vm.ts";
-
-/** A bzImage header that parses, announcing `syssize` paragraphs of kernel. */
-function fakeBzImage(fileBytes: number, syssize: number): Uint8Array {
-  const k = new Uint8Array(fileBytes);
-  const v = new DataView(k.buffer);
-  k[0x1f1] = 1; // setup_sects: the kernel starts at 1024
-  v.setUint32(0x1f4, syssize, true);
-  v.setUint16(0x1fe, 0xaa55, true);
-  k[0x201] = 0x6a; // header length past 0x202
-  v.setUint32(0x202, 0x53726448, true); // "HdrS"
-  v.setUint16(0x206, 0x020f, true);
-  k[0x211] = 1; // LOADED_HIGH
-  v.setUint16(0x236, 1, true); // XLF_KERNEL_64
-  return k;
-}
+import {
+  fakeBzImage,
+  serialOnlyHypervisor,
+} from "./_serial_guest_test_util.ts";
 
 Deno.test("bootLinux() rejects a kernel that is not a bzImage", async () => {
   await rejects(
@@ -59,4 +56,34 @@ Deno.test("bootLinux() rejects bad sizes before opening KVM", async () => {
   const e = await bootLinux({ kernel, memoryMiB: 1.5 }).catch((e) => e);
   match(String(e), /memory of 1.5 MiB is not an integer/);
   await rejects(bootLinux({ kernel, cpus: 0 }), /cpu count 0 is outside/);
+});
+
+Deno.test("bootLinux() keeps the guest running when onConsole throws and returns the first error", async () => {
+  const received: string[] = [];
+  let calls = 0;
+  const result = await bootLinux({
+    kernel: fakeBzImage(5120, 0x100),
+    memoryMiB: 16,
+    hypervisor: serialOnlyHypervisor("one\ntwo\n"),
+    onConsole: (bytes) => {
+      if (++calls === 1) throw new Error("stdout is closed");
+      received.push(new TextDecoder().decode(bytes));
+    },
+  });
+  equal(result.outcome.kind, "power-off");
+  equal(result.consoleError?.message, "stdout is closed");
+  deepEqual(received, ["two\n"]);
+  equal(result.console, "one\ntwo\n");
+});
+
+Deno.test("bootLinux() returns no consoleError when onConsole never throws", async () => {
+  const result = await bootLinux({
+    kernel: fakeBzImage(5120, 0x100),
+    memoryMiB: 16,
+    hypervisor: serialOnlyHypervisor("fine\n"),
+    onConsole: () => {},
+  });
+  equal(result.outcome.kind, "power-off");
+  equal(result.console, "fine\n");
+  ok(!("consoleError" in result));
 });

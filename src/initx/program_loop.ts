@@ -45,7 +45,7 @@ import {
   type Value,
   type Var,
 } from "../ir/mod.ts";
-import { Errno, exec, type OnError } from "./fragments.ts";
+import { attachConsole, Errno, exec, type OnError } from "./fragments.ts";
 import { DEFAULT_ENV } from "./init.ts";
 import {
   ArchCode,
@@ -94,6 +94,16 @@ const POLLFD_REVENTS = 6;
 const KERNEL_SIGSET_SIZE = 8;
 /** Signal a cloned child sends its parent on exit (`asm-generic/signal.h`). */
 const SIGCHLD = 17;
+/** unshare(2): a new PID namespace for the caller's next child. */
+const CLONE_NEWPID = 0x20000000;
+/** unshare(2): a mount namespace of the caller's own. */
+const CLONE_NEWNS = 0x00020000;
+/** mount(2) flags (include/uapi/linux/mount.h). */
+const MS_NOSUID = 0x2;
+const MS_NODEV = 0x4;
+const MS_NOEXEC = 0x8;
+const MS_REC = 0x4000;
+const MS_PRIVATE = 1 << 18;
 /** `wait4` option (`linux/wait.h`). */
 const WNOHANG = 1;
 /** Clocks (`linux/time.h`). */
@@ -903,7 +913,12 @@ export function buildProgramLoopElf(
  * @param argv The arguments, `argv[0]` included.
  * @param options The environment (default {@link DEFAULT_ENV}, with a
  * standard `PATH`), the working directory (default: the init's, `/`), and
- * the user and group to run as (default: the init's, root).
+ * the user and group to run as (default: the init's, root), and a terminal
+ * (`tty`, e.g. `/dev/hvc0`) to make the command's controlling terminal and
+ * stdin, stdout and stderr, in a session of its own; with `pidNamespace`
+ * the command runs as PID 1 of a new PID namespace (with its own `/proc`)
+ * and this program waits for it and returns its status (128 + N after
+ * signal N).
  * @returns The IR program.
  */
 export function buildExecProgram(
@@ -914,6 +929,8 @@ export function buildExecProgram(
     cwd?: string;
     uid?: number;
     gid?: number;
+    tty?: string;
+    pidNamespace?: boolean;
   } = {},
 ): Program {
   const p = new ProgramBuilder();
@@ -926,6 +943,60 @@ export function buildExecProgram(
         m.set(step, p.string(what, { nulTerminated: true }).ptr);
         m.goto("fail");
       });
+    if (options.pidNamespace) {
+      // The command is PID 1 of a PID namespace of its own (and sees only
+      // its own processes in a proc of its own); this process waits for it
+      // and reports its status.
+      failed(
+        m.syscall("unshare", [CLONE_NEWPID | CLONE_NEWNS]),
+        "unshare a PID namespace",
+      );
+      const pid = m.syscall("clone", [SIGCHLD, 0, 0, 0, 0]);
+      failed(pid, "fork the namespace's PID 1");
+      m.if(m.isZero(pid), () => {
+        const root = p.string("/", { nulTerminated: true }).ptr;
+        failed(
+          m.syscall("mount", [0, root, 0, MS_REC | MS_PRIVATE, 0]),
+          "make / private",
+        );
+        const proc = p.string("proc", { nulTerminated: true }).ptr;
+        const target = p.string("/proc", { nulTerminated: true }).ptr;
+        failed(
+          m.syscall("mount", [
+            proc,
+            target,
+            proc,
+            MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            0,
+          ]),
+          "mount the namespace's /proc",
+        );
+      }, () => {
+        const statusPtr = m.var("nsStatus", { init: m.buffer(8) });
+        m.label("nsWait");
+        const waited = m.syscall("wait4", [pid, statusPtr, 0, 0]);
+        m.if(m.eq(waited, -Errno.EINTR), () => m.goto("nsWait"));
+        failed(waited, "wait for the namespace's PID 1");
+        const status = m.convert(m.mem(statusPtr, { width: 32 }), {
+          width: 64,
+        });
+        const signal = m.and(status, 0x7f);
+        m.if(
+          m.isZero(signal),
+          () => m.return(m.and(m.shr(status, 8), 0xff)),
+          () => m.return(m.add(signal, 128)),
+        );
+      });
+    }
+    if (options.tty !== undefined) {
+      // A session of its own with the terminal as its controlling tty and
+      // stdio: job control and Ctrl-C work as on a login terminal.
+      m.set(
+        step,
+        p.string(`attach ${options.tty}`, { nulTerminated: true }).ptr,
+      );
+      attachConsole(m, { path: options.tty, onError: { errno, goto: "fail" } });
+    }
     // Group first: after setuid the process may no longer change it.
     if (options.gid !== undefined || options.uid !== undefined) {
       failed(m.syscall("setgroups", [0, 0]), "setgroups");

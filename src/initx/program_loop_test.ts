@@ -6,7 +6,7 @@
  */
 
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
-import { needTool } from "../../tests/_gate.ts";
+import { need, needTool } from "../../tests/_gate.ts";
 import {
   type Arch,
   compile,
@@ -565,6 +565,36 @@ Deno.test("buildExecProgram() prints why a chdir fails", async () => {
       "initx: cannot chdir /nonexistent/dir: errno 2\n",
     );
     deepEqual(await readReply(control), { id: 1, status: 127, guestError: 0 });
+  });
+  deepEqual(result, { code: 0, stderr: "" });
+});
+
+Deno.test("buildExecProgram() with pidNamespace runs the command as PID 1 of its own namespace", async (t) => {
+  if (!need(t, Deno.uid() === 0, "unshare(CLONE_NEWPID) needs root")) return;
+  const result = await withLoop(async (host) => {
+    const control = await host.acceptControl(host.listen(CONTROL));
+    const outputListener = host.listen(OUTPUT);
+    const program = compile(
+      buildExecProgram("/bin/sh", [
+        "sh",
+        "-c",
+        'echo "pid=$$"; ls /proc | grep -c "^[0-9]"; exit 3',
+      ], { pidNamespace: true }),
+      { arch: host.arch },
+    );
+    await writeAll(control, encodeRequest(program, { id: 1, outputFlags: 3 }));
+    const output = await outputListener.accept();
+    const hello = await readExactly(output, Limits.STREAM_HELLO_SIZE);
+    deepEqual(decodeStreamHello(hello), { kind: "output", id: 1 });
+    const frames = await readFrames(output);
+    output.close();
+    const stdout = frames.filter(([type]) => type === FrameType.STDOUT)
+      .map(([, s]) => s).join("");
+    // PID 1, and a /proc of its own: sh, ls and grep are all it sees.
+    const [pid, count] = stdout.trim().split("\n");
+    equal(pid, "pid=1", JSON.stringify(frames));
+    ok(Number(count) >= 1 && Number(count) <= 3, stdout);
+    deepEqual(await readReply(control), { id: 1, status: 3, guestError: 0 });
   });
   deepEqual(result, { code: 0, stderr: "" });
 });

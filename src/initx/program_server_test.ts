@@ -44,8 +44,8 @@ import {
   Limits,
   Port,
 } from "./protocol.ts";
+import { HOST_ARCH } from "../../tests/_util.ts";
 
-const HOST_ARCH: Arch = Deno.build.arch === "aarch64" ? "aarch64" : "x86_64";
 const QEMU_AARCH64 = "qemu-aarch64-static";
 const text = (bytes: Uint8Array | undefined) => new TextDecoder().decode(bytes);
 const encode = (s: string) => new TextEncoder().encode(s);

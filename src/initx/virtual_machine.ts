@@ -55,8 +55,8 @@ const GUEST_MODULES = [
 ];
 /** More modules when the root is virtio-fs (`fuse` comes as a dependency). */
 const ROOT_MODULES = ["virtiofs"];
-/** The init's console once `virtio_console` is loaded. */
-const GUEST_CONSOLE = "/dev/hvc0";
+/** The init's console once `virtio_console` is loaded: `hvc0`. */
+export const GUEST_CONSOLE = "/dev/hvc0";
 /** Console text kept for error messages, in characters. */
 const CONSOLE_TAIL_CHARS = 2000;
 /** Kernel log level without `dmesg`: emergencies only. */
@@ -122,7 +122,8 @@ export interface VirtualMachineOptions {
   /**
    * Receives the guest's consoles, in chunks: the kernel's log (the serial
    * port; emergencies only unless `dmesg`) and the init's own console
-   * (virtio-console, `hvc0`).
+   * (virtio-console, `hvc0`). A sink that throws loses that chunk, never
+   * the guest: see {@linkcode VirtualMachine.consoleError}.
    */
   console?: (bytes: Uint8Array) => void;
   /** Kernel log at its normal level on the console (default: emergencies only). */
@@ -236,6 +237,7 @@ export class VirtualMachine {
   #ended: LinuxVmResult | undefined;
   #closed = false;
   #consoleTail = "";
+  #consoleError: Error | undefined;
   #decoder = new TextDecoder();
 
   private constructor(options: VirtualMachineOptions) {
@@ -487,8 +489,57 @@ export class VirtualMachine {
     try {
       this.#options.console?.(bytes);
     } catch (e) {
-      this.#options.debug?.(`console sink failed: ${(e as Error).message}`);
+      // The guest runs on; the caller learns of it from `consoleError`.
+      if (this.#consoleError !== undefined) return;
+      this.#consoleError = e instanceof Error ? e : new Error(String(e));
+      this.#options.debug?.(
+        `console sink failed: ${this.#consoleError.message}`,
+      );
     }
+  }
+
+  /**
+   * The first error the `console` option threw, or undefined while it has
+   * not thrown. The chunks it threw on were lost; later chunks still reach
+   * it, and the guest runs on. Also in {@linkcode VirtualMachine.result}
+   * once the VM has ended.
+   */
+  get consoleError(): Error | undefined {
+    return this.#consoleError;
+  }
+
+  /**
+   * Types `bytes` into the guest's console (`hvc0`): a program attached to
+   * it as its terminal (`buildExecProgram(..., { tty: "/dev/hvc0" })`)
+   * reads them. Up to 1 MiB waits for the guest; beyond that input is
+   * dropped.
+   *
+   * @example
+   * ```ts ignore
+   * import { VirtualMachine } from "../../mod.ts";
+   * await using vm = await VirtualMachine.create({ console: (b) => void Deno.stdout.write(b) });
+   * await vm.boot();
+   * vm.writeConsole(new TextEncoder().encode("ls\n"));
+   * ```
+   */
+  writeConsole(bytes: Uint8Array): void {
+    this.#console.input(bytes);
+  }
+
+  /**
+   * Sets the console's size (columns, rows) as the guest's `hvc0` sees it,
+   * and tells the guest when it changes (a terminal resize). Throws a
+   * RangeError unless both are integers 0..65535.
+   *
+   * @example
+   * ```ts ignore
+   * import { VirtualMachine } from "../../mod.ts";
+   * await using vm = await VirtualMachine.create();
+   * vm.setConsoleSize(120, 40);
+   * ```
+   */
+  setConsoleSize(columns: number, rows: number): void {
+    this.#console.setConsoleSize(columns, rows);
   }
 
   /** Stops the VM and frees everything it holds. Idempotent. */
@@ -517,7 +568,11 @@ export class VirtualMachine {
 
   /** How the VM's run ended, once it has; undefined while it runs. */
   get result(): LinuxVmResult | undefined {
-    return this.#ended;
+    const ended = this.#ended;
+    const consoleError = this.#consoleError;
+    return ended === undefined || consoleError === undefined
+      ? ended
+      : { ...ended, consoleError };
   }
 
   async #ready(): Promise<VsockProgramServer> {

@@ -1,3 +1,4 @@
+import { withTempDir } from "../../tests/_util.ts";
 /**
  * Test helper: disassemble bytes with GNU objdump, the reference the
  * encoders are checked against. Internal to `src/ir/` tests.
@@ -48,8 +49,7 @@ export async function disassemble(
   arch: "x86_64" | "aarch64",
 ): Promise<Disassembled[]> {
   const [command, args] = COMMANDS[arch];
-  const dir = await Deno.makeTempDir({ prefix: "initx-objdump-" });
-  try {
+  return await withTempDir(async (dir) => {
     const file = `${dir}/code.bin`;
     await Deno.writeFile(file, bytes);
     let output: Deno.CommandOutput;
@@ -79,7 +79,5 @@ export async function disassemble(
       });
     }
     return result;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 }

@@ -13,6 +13,7 @@ import { deepEqual } from "node:assert/strict";
 import type { Program } from "./ir.ts";
 import { compileElf } from "./mod.ts";
 import type { Arch } from "./syscalls.ts";
+import { HOST_ARCH, withTempDir } from "../../tests/_util.ts";
 
 /** What a process did. */
 export interface RunResult {
@@ -25,14 +26,6 @@ export interface RunResult {
 const ARCHES: readonly Arch[] = ["x86_64", "aarch64"];
 let warned = false;
 
-function hostArch(): Arch | undefined {
-  return Deno.build.arch === "x86_64"
-    ? "x86_64"
-    : Deno.build.arch === "aarch64"
-    ? "aarch64"
-    : undefined;
-}
-
 /**
  * The command prefix that runs an ELF of `arch` here (empty when native), or
  * `undefined` after a loud warning when the emulator is missing; with CI it
@@ -42,7 +35,7 @@ export function launcher(
   arch: Arch,
   options: { emulatorDir?: string; ci?: boolean } = {},
 ): string[] | undefined {
-  if (arch === hostArch()) return [];
+  if (arch === HOST_ARCH) return [];
   const emulator = `${options.emulatorDir ?? "/usr/bin"}/qemu-${arch}-static`;
   try {
     Deno.statSync(emulator);
@@ -100,8 +93,7 @@ export async function expectRun(
     setup?: (dir: string) => Promise<void>;
   },
 ): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "initx-ir-" });
-  try {
+  await withTempDir(async (dir) => {
     await expected.setup?.(dir);
     const results = await Promise.all(
       ARCHES.map((arch) => run(program, { arch, dir, args: expected.args })),
@@ -114,7 +106,5 @@ export async function expectRun(
         { arch, stdout: expected.stdout, code: expected.code ?? 0 },
       );
     });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 }

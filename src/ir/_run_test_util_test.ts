@@ -1,7 +1,8 @@
 import { deepEqual, equal, throws } from "node:assert/strict";
+import { HOST_ARCH } from "../../tests/_util.ts";
 import { launcher } from "./_run_test_util.ts";
 
-const foreign = Deno.build.arch === "x86_64" ? "aarch64" : "x86_64";
+const foreign = HOST_ARCH === "x86_64" ? "aarch64" : "x86_64";
 
 Deno.test("launcher() fails in CI when the emulator is missing", () => {
   throws(() => launcher(foreign, { emulatorDir: "/nonexistent", ci: true }), {
@@ -27,5 +28,5 @@ Deno.test("launcher() skips loudly outside CI when the emulator is missing", () 
 });
 
 Deno.test("launcher() runs the host architecture natively", () => {
-  deepEqual(launcher(Deno.build.arch as "x86_64" | "aarch64"), []);
+  deepEqual(launcher(HOST_ARCH), []);
 });

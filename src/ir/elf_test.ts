@@ -4,10 +4,10 @@ import { generate } from "./_codegen.ts";
 import { program } from "../../examples/hello.ts";
 import { expectRun } from "./_run_test_util.ts";
 import { compileElf, ProgramBuilder } from "./mod.ts";
+import { withTempDir } from "../../tests/_util.ts";
 
 Deno.test("writeElf() writes a header readelf accepts", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "initx-elf-" });
-  try {
+  await withTempDir(async (dir) => {
     for (
       const [arch, machine] of [["x86_64", "Advanced Micro Devices X86-64"], [
         "aarch64",
@@ -34,9 +34,7 @@ Deno.test("writeElf() writes a header readelf accepts", async () => {
       );
       ok(/GNU_STACK .* RW /.test(text), text);
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("writeElf() rebases relocations to the load address", () => {
@@ -67,8 +65,7 @@ Deno.test("writeElf() output runs at any 64 KiB aligned base address", async () 
     m.syscall("execve", [sh, argv, 0]);
     m.return(1);
   });
-  const dir = await Deno.makeTempDir({ prefix: "initx-base-" });
-  try {
+  await withTempDir(async (dir) => {
     for (const baseAddress of [0x10000n, 0x7000_0000n]) {
       const generated = generate(p.build(), { arch: "x86_64", start: true });
       const path = `${dir}/at-${baseAddress}`;
@@ -88,9 +85,7 @@ Deno.test("writeElf() output runs at any 64 KiB aligned base address", async () 
         code: output.code,
       }, { stdout: "relocated\n", code: 0 });
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("writeElf() rejects a base address that is not 64 KiB aligned", () => {
@@ -116,8 +111,7 @@ Deno.test("compileElf() programs run as PID 1", async () => {
     m.printf("pid %d\n", [m.syscall("getpid")]);
     m.return(5);
   });
-  const dir = await Deno.makeTempDir({ prefix: "initx-pid1-" });
-  try {
+  await withTempDir(async (dir) => {
     const path = `${dir}/init`;
     await Deno.writeFile(path, compileElf(p.build(), { arch: "x86_64" }), {
       mode: 0o755,
@@ -137,7 +131,5 @@ Deno.test("compileElf() programs run as PID 1", async () => {
       stdout: new TextDecoder().decode(output.stdout),
       code: output.code,
     }, { stdout: "pid 1\n", code: 5 });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -12,6 +12,7 @@ import { bootCommand } from "../../src/cli/boot.ts";
 import { cannotBootLinuxReason } from "../../src/hv/kvm/host.ts";
 import type { Kvm } from "../../src/hv/kvm/system.ts";
 import { need, needKvm } from "../_gate.ts";
+import { withTempDir } from "../_util.ts";
 
 const MARKER = "INITX-E2E-MARKER";
 const MEMORY_MIB = 256;
@@ -228,8 +229,7 @@ Deno.test("initx boot streams the console and exits 0 on power-off", async (t) =
   const kvm = await needLinuxKvm(t);
   if (!kvm) return;
   kvm.close();
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir(async (dir) => {
     const initrd = `${dir}/initrd.cpio`;
     await Deno.writeFile(
       initrd,
@@ -251,9 +251,7 @@ Deno.test("initx boot streams the console and exits 0 on power-off", async (t) =
     );
     equal(code, 0, text);
     ok(text.includes(MARKER), text);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("bootLinux() stops a guest that is still booting at the timeout", async (t) => {

@@ -23,6 +23,17 @@ interface Ran {
   messages: string;
 }
 
+/** A terminal of a fixed size for `-t`; it never resizes and has no raw mode. */
+const fixedTerminal = {
+  size: () => ({ columns: 100, rows: 30 }),
+  onResize: () => () => {},
+  setRaw: () => {
+    throw new Error(
+      "raw mode must not be set for a stdin that is not the terminal",
+    );
+  },
+};
+
 async function initxRun(args: string[], stdin?: string): Promise<Ran> {
   const { runCommand } = await import("../../src/cli/run.ts");
   const decoder = new TextDecoder();
@@ -38,6 +49,7 @@ async function initxRun(args: string[], stdin?: string): Promise<Ran> {
       stdin: stdin === undefined ? undefined : new Blob([stdin]).stream(),
       images,
       offline: true,
+      terminal: fixedTerminal,
     },
   );
   return { code, out, errOut, messages: messages.join("\n") };
@@ -232,4 +244,50 @@ Deno.test("initx run -i with the image root streams stdin through", async (t) =>
   );
   equal(r.out.trim(), "3", r.messages + r.errOut);
   equal(r.code, 7);
+});
+
+Deno.test("initx run -t: the command's terminal is the guest's hvc0, sized like the host's", async (t) => {
+  if (!canBoot(t)) return;
+  const r = await initxRun([
+    "-t",
+    "busybox",
+    "--",
+    "sh",
+    "-c",
+    'tty; stty size; echo "term=$TERM"; [ -t 0 ] && [ -t 2 ] && echo all-tty; exit 4',
+  ]);
+  const lines = r.out.replaceAll("\r\n", "\n");
+  ok(lines.includes("/dev/hvc0\n"), lines + r.messages);
+  ok(lines.includes("30 100\n"), lines);
+  ok(/term=\S+\n/.test(lines), lines);
+  ok(lines.includes("all-tty\n"), lines);
+  equal(r.code, 4, r.messages);
+});
+
+Deno.test("initx run -i -t: keys reach an interactive shell through its terminal", async (t) => {
+  if (!canBoot(t)) return;
+  const r = await initxRun(
+    ["-t", "busybox", "--", "sh"],
+    "echo typed-$((6*7))\nexit 5\n",
+  );
+  ok(r.out.includes("typed-42"), r.out + r.messages);
+  equal(r.code, 5, r.messages);
+});
+
+Deno.test("initx run --exec: the command is PID 1 and sees only its own processes", async (t) => {
+  if (!canBoot(t)) return;
+  const r = await initxRun([
+    "--exec",
+    "busybox",
+    "--",
+    "sh",
+    "-c",
+    'echo "pid=$$"; cat /proc/1/comm; ls -d /proc/[0-9]* | wc -l; exit 6',
+  ]);
+  const [pid, comm, count] = r.out.trim().split("\n").map((l) => l.trim());
+  equal(pid, "pid=1", r.out + r.messages);
+  // Its own /proc: PID 1 is the command, and it sees only its processes.
+  equal(comm, "sh", r.out);
+  ok(Number(count) >= 1 && Number(count) <= 3, r.out);
+  equal(r.code, 6, r.messages);
 });

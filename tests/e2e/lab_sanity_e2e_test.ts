@@ -6,6 +6,7 @@ import { CpioWriter } from "../../src/boot/cpio.ts";
 import { findStaticBusybox } from "../../src/initx/busybox_guest.ts";
 import { ensureKernel } from "../../src/boot/kernel.ts";
 import { hasTool, need, needKvm } from "../_gate.ts";
+import { withTempDir } from "../_util.ts";
 
 async function defaultKernel(): Promise<string> {
   return Deno.env.get("INITX_LAB_KERNEL") ?? (await ensureKernel()).image;
@@ -20,8 +21,7 @@ Deno.test("QEMU microvm with KVM boots the default kernel to a busybox init", as
   ) return;
   const busybox = findStaticBusybox();
   if (!need(t, busybox !== undefined, "busybox is not installed")) return;
-  const dir = await Deno.makeTempDir({ prefix: "initx-peer-" });
-  try {
+  await withTempDir(async (dir) => {
     const cpio = new CpioWriter();
     cpio.file("bin/busybox", await Deno.readFile(busybox!), { mode: 0o755 });
     cpio.file(
@@ -69,7 +69,5 @@ Deno.test("QEMU microvm with KVM boots the default kernel to a busybox init", as
         new TextDecoder().decode(out.stderr)
       }`,
     );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

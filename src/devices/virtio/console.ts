@@ -45,7 +45,9 @@ const CONFIG_SIZE = 12;
 export interface VirtioConsoleOptions {
   /**
    * Receives the guest's output, one call per transmit buffer; the bytes are
-   * a copy the sink may keep. Default: the output is dropped and counted.
+   * a copy the sink may keep. A sink that throws loses that output, never
+   * the guest: see {@linkcode VirtioConsole.outputError}. Default: the
+   * output is dropped and counted.
    */
   output?: (bytes: Uint8Array) => void;
   /** Console width in columns (0..65535). Default {@linkcode CONSOLE_DEFAULT_COLS}. */
@@ -100,6 +102,7 @@ export class VirtioConsole implements VirtioDevice {
   #inputDropped = 0;
   #outputDropped = 0;
   #outputErrors = 0;
+  #outputError: Error | undefined;
 
   /** Creates the device; throws a RangeError on a bad console size. */
   constructor(options: VirtioConsoleOptions = {}) {
@@ -121,6 +124,14 @@ export class VirtioConsole implements VirtioDevice {
   /** Times the output sink threw. */
   get outputErrors(): number {
     return this.#outputErrors;
+  }
+
+  /**
+   * The first error the output sink threw (later output still goes to the
+   * sink), or undefined while it has not failed.
+   */
+  get outputError(): Error | undefined {
+    return this.#outputError;
   }
 
   /** Bytes of host input waiting for receive buffers. */
@@ -287,10 +298,11 @@ export class VirtioConsole implements VirtioDevice {
     }
     try {
       this.#output(bytes);
-    } catch {
+    } catch (e) {
       // A failing sink loses this output but must not stop the guest.
       this.#outputDropped += bytes.length;
       this.#outputErrors++;
+      this.#outputError ??= e instanceof Error ? e : new Error(String(e));
     }
   }
 

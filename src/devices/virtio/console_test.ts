@@ -121,22 +121,24 @@ Deno.test("VirtioConsole bounds waiting input at 1 MiB and counts what it drops"
   assert.equal(decode(used[1]!.data), "bbbbcccccccc");
 });
 
-Deno.test("VirtioConsole keeps the guest running when the output sink throws", () => {
+Deno.test("VirtioConsole keeps the guest running when the output sink throws, and keeps the first error", () => {
   let calls = 0;
   const device = new VirtioConsole({
     output: () => {
       calls++;
-      throw new Error("broken pipe");
+      throw new Error(calls === 1 ? "broken pipe" : "still broken");
     },
   });
   const driver = new VirtioTestDriver(device);
   driver.start();
+  assert.equal(device.outputError === undefined, true);
   driver.addBuffers(CONSOLE_TRANSMITQ, [text("lost")], []);
   driver.addBuffers(CONSOLE_TRANSMITQ, [text("too")], []);
   driver.notify(CONSOLE_TRANSMITQ);
   assert.equal(calls, 2);
   assert.equal(device.outputDropped, 7);
   assert.equal(device.outputErrors, 2);
+  assert.equal(device.outputError?.message, "broken pipe");
   assert.equal(driver.usedEntries(CONSOLE_TRANSMITQ).length, 2);
   assert.equal(driver.status & STATUS_DEVICE_NEEDS_RESET, 0);
   assert.deepEqual(driver.errors, []);
@@ -147,6 +149,22 @@ Deno.test("VirtioConsole keeps the guest running when the output sink throws", (
   d2.addBuffers(CONSOLE_TRANSMITQ, [text("nowhere")], []);
   d2.notify(CONSOLE_TRANSMITQ);
   assert.equal(silent.outputDropped, 7);
+  assert.equal(silent.outputError, undefined);
+});
+
+Deno.test("VirtioConsole keeps a non-Error thrown by the sink as an Error", () => {
+  const device = new VirtioConsole({
+    output: () => {
+      throw "EPIPE";
+    },
+  });
+  const driver = new VirtioTestDriver(device);
+  driver.start();
+  driver.addBuffers(CONSOLE_TRANSMITQ, [text("x")], []);
+  driver.notify(CONSOLE_TRANSMITQ);
+  assert.ok(device.outputError instanceof Error);
+  assert.equal(device.outputError.message, "EPIPE");
+  assert.equal(driver.usedEntries(CONSOLE_TRANSMITQ).length, 1);
 });
 
 Deno.test("VirtioConsole shows cols and rows in config space and signals changes", () => {

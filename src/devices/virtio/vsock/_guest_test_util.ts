@@ -49,6 +49,7 @@ import {
   VSOCK_RX_QUEUE,
   VSOCK_TX_QUEUE,
 } from "./device.ts";
+import { concat } from "../../../../tests/_util.ts";
 
 /** Linux's default per-socket buffer (`VIRTIO_VSOCK_DEFAULT_BUF_SIZE`), in bytes. */
 export const GUEST_BUF_ALLOC_BYTES = 256 * 1024;
@@ -179,7 +180,7 @@ export class GuestSocket {
     ) {
       this.send(VSOCK_OP_CREDIT_UPDATE, 0);
     }
-    return concat(parts, n);
+    return concat(parts);
   }
 
   /** Sends a SHUTDOWN with `flags`. */
@@ -470,7 +471,7 @@ export class LinuxLikeGuest {
     if (split === "linux") {
       return payload.length > 0 ? [header, payload] : [header];
     }
-    const whole = concat([header, payload], header.length + payload.length);
+    const whole = concat([header, payload]);
     if (split === "single") return [whole];
     const out: Uint8Array[] = [];
     let at = 0;
@@ -516,17 +517,4 @@ export class LinuxLikeGuest {
 
 function key(localPort: number, peerPort: number): string {
   return `${localPort}:${peerPort}`;
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  if (parts.length === 1 && parts[0]!.length === total) {
-    return parts[0]!.slice();
-  }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }

@@ -1,7 +1,10 @@
-// The KVM lab itself: these boot it (a few seconds each) on the host.
+// The KVM lab itself: these boot it (a few seconds each) under QEMU. They are
+// the lab tier of tasks/test.ts (`*_lab_test.ts`): run on the host after the
+// unit tests, never inside the lab.
 import { equal, ok } from "node:assert/strict";
 import { runInLab } from "./lab.ts";
 import { needTool } from "../../tests/_gate.ts";
+import { withTempDir } from "../../tests/_util.ts";
 
 function collect() {
   let text = "";
@@ -28,8 +31,7 @@ Deno.test("runInLab() gives the command a /dev/kvm and its output", async (t) =>
 
 Deno.test("runInLab() returns the command's exit status, output without a final newline, and files from /out", async (t) => {
   if (!needTool(t, "qemu-system-x86_64", "the lab runs under QEMU")) return;
-  const dir = await Deno.makeTempDir({ prefix: "initx-lab-out-" });
-  try {
+  await withTempDir(async (dir) => {
     const out = collect();
     const r = await runInLab(
       [
@@ -42,9 +44,7 @@ Deno.test("runInLab() returns the command's exit status, output without a final 
     equal(r.code, 7);
     equal(out.text(), "no-newline");
     equal(await Deno.readTextFile(`${dir}/a/f`), "back\n");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("runInLab() stops a command that runs past its timeout and leaves no QEMU", async (t) => {
