@@ -36,18 +36,23 @@
  */
 
 export * from "./src/ir/mod.ts";
-export type {
-  ExitHandlers,
-  HvVcpu,
-  HvVm,
-  Hypervisor,
-  IoAccess,
-  MmioAccess,
-  Segment,
-  VcpuInit,
-  VcpuOutcome,
-  X86Regs,
-  X86Sregs,
+export {
+  type Arm64Regs,
+  type Arm64SysRegs,
+  type Arm64VcpuInit,
+  describePc,
+  type ExitHandlers,
+  type HvVcpu,
+  type HvVm,
+  type Hypervisor,
+  type IoAccess,
+  type MmioAccess,
+  type Segment,
+  type VcpuInit,
+  type VcpuOutcome,
+  type VcpuRegs,
+  type X86Regs,
+  type X86Sregs,
 } from "./src/hv/hv.ts";
 export {
   GuestMemory,

@@ -49,6 +49,14 @@ function stats(samples: number[]): Stats {
 }
 
 const f = (n: number, digits = 2) => n.toFixed(digits);
+const benchStart = performance.now();
+/** A progress line on stderr: the lab counts a silent run as stuck. */
+const progress = (what: string, ms?: number) =>
+  console.error(
+    `bench:run: ${what}${ms === undefined ? "" : ` in ${f(ms / 1000)} s`} (${
+      f((performance.now() - benchStart) / 1000, 0)
+    } s in)`,
+  );
 const line = (label: string, s: Stats, unit: string, digits = 2) =>
   `${label}: min ${f(s.min, digits)} / median ${f(s.median, digits)} / max ${
     f(s.max, digits)
@@ -95,6 +103,7 @@ for (let i = 0; i < RUNS; i++) {
     await vm.boot({ timeoutMs: BOOT_TIMEOUT_MS });
     bootMs.push(performance.now() - t0);
   }
+  progress(`boot to init ${i + 1}/${RUNS}`, bootMs.at(-1));
   t0 = performance.now();
   const r = await new Deno.Command(Deno.execPath(), {
     args: [
@@ -117,6 +126,7 @@ for (let i = 0; i < RUNS; i++) {
     throw new Error(`initx run busybox -- true failed (${r.code})`);
   }
   runMs.push(performance.now() - t0);
+  progress(`initx run busybox -- true ${i + 1}/${RUNS}`, runMs.at(-1));
 }
 
 // 2. Filesystem work inside one container VM, and the same on the host.
@@ -187,20 +197,26 @@ const files = {
 };
 try {
   await vm.boot({ timeoutMs: BOOT_TIMEOUT_MS });
+  progress("container VM booted");
+  // Written in 1 MiB blocks: one FUSE WRITE each (max_write).
   await timeGuest(
-    `head -c ${READ_MIB}m /dev/zero > /root/big && mkdir /root/files`,
+    `dd if=/dev/zero of=/root/big bs=1048576 count=${READ_MIB} 2>/dev/null && mkdir /root/files`,
   );
+  progress(`wrote ${READ_MIB} MiB into the layer`);
   for (let i = 0; i < RUNS; i++) {
     // What a guest command costs when it does nothing, to read the rest by.
     empty.guest.push(await timeGuest("true"));
     empty.host.push(await timeHost([hostBusybox, "sh", "-c", "true"]));
     reads.host.push(await timeHost(["cat", bigFile]));
     reads.volume.push(await timeGuest("cat /data/big > /dev/null"));
+    progress(`read ${READ_MIB} MiB from the volume`, reads.volume.at(-1));
     reads.overlay.push(await timeGuest("cat /root/big > /dev/null"));
+    progress(`read ${READ_MIB} MiB from the layer`, reads.overlay.at(-1));
     for (const step of ["create", "stat", "remove"] as const) {
       files[step].guest.push(
         await timeGuest(`cd /root/files && ${FILES_SCRIPT[step]}`),
       );
+      progress(`${FILES} files, ${step}`, files[step].guest.at(-1));
       files[step].host.push(
         await timeHost([hostBusybox, "sh", "-c", FILES_SCRIPT[step]], scratch),
       );

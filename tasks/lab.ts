@@ -3,19 +3,22 @@
  * machine with a real, nested `/dev/kvm`) with the project tree at the same
  * path, streams its output and exits with its status. See docs/testing.md.
  *
- * Options (before `--`): `--timeout SECONDS`, `--env K=V` (repeatable),
- * `--out DIR` (the lab's `/out` is copied there afterwards).
+ * Options (before `--`): `--arch x86_64|aarch64` (the lab machine; default
+ * x86_64), `--timeout SECONDS`, `--env K=V` (repeatable), `--out DIR` (the
+ * lab's `/out` is copied there afterwards).
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { runInLab } from "./lab/lab.ts";
+import { type LabArch, parseLabArch } from "./lab/arch.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
   options: {
+    arch: { type: "string" },
     timeout: { type: "string" },
     env: { type: "string", multiple: true },
     out: { type: "string" },
@@ -23,8 +26,15 @@ const { values, positionals } = parseArgs({
 });
 if (positionals.length === 0) {
   console.error(
-    "Usage: deno task lab [--timeout S] [--env K=V] [--out DIR] -- CMD [ARGS...]",
+    "Usage: deno task lab [--arch x86_64|aarch64] [--timeout S] [--env K=V] [--out DIR] -- CMD [ARGS...]",
   );
+  Deno.exit(2);
+}
+let arch: LabArch | undefined;
+try {
+  arch = values.arch === undefined ? undefined : parseLabArch(values.arch);
+} catch (error) {
+  console.error((error as Error).message);
   Deno.exit(2);
 }
 const env: Record<string, string> = {};
@@ -37,6 +47,7 @@ for (const kv of values.env ?? []) {
   env[kv.slice(0, eq)] = kv.slice(eq + 1);
 }
 const result = await runInLab(positionals, {
+  arch,
   cwd: Deno.cwd(),
   timeoutSeconds: values.timeout ? Number(values.timeout) : undefined,
   env,

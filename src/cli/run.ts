@@ -277,6 +277,7 @@ export async function runCommand(
   let vm: VirtualMachine | undefined;
   const terminal = options.terminal ?? hostTerminal();
   let rawMode = false;
+  let showConsole = false;
   let stopResize = () => {};
   let typing: Promise<void> | undefined;
   const typingDone = new AbortController();
@@ -330,7 +331,14 @@ export async function runCommand(
       shares,
       dmesg: values.dmesg,
       // With -t the console is the command's terminal: it goes to stdout.
-      console: values.tty ? out : values.dmesg ? errOut : undefined,
+      // (from the command's start: the init's own boot lines stay out).
+      console: values.tty
+        ? (b) => {
+          if (showConsole) out(b);
+        }
+        : values.dmesg
+        ? errOut
+        : undefined,
       debug: values.debug ? (line) => err(`initx run: ${line}`) : undefined,
     });
     const running = vm;
@@ -356,6 +364,7 @@ export async function runCommand(
         uid: cmd.uid,
         gid: cmd.gid,
         tty: GUEST_CONSOLE,
+        ttySize: terminal.size(),
         pidNamespace: values.exec,
       });
       if (values.interactive) {
@@ -372,6 +381,7 @@ export async function runCommand(
       // Ctrl-C outside raw mode stops the VM, and with it the run.
       const stop = () => void running.close();
       signal.addEventListener("abort", stop, { once: true });
+      showConsole = true;
       try {
         await vm.run(program);
         return 0;

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { HvVm, Hypervisor, VcpuOutcome, X86Regs } from "../hv/hv.ts";
+import type { HvVm, Hypervisor, VcpuOutcome, VcpuRegs } from "../hv/hv.ts";
 import { GuestMemory, type MemoryRegion } from "../hv/memory.ts";
 
 /** A bzImage header that parses, announcing `syssize` paragraphs of kernel. */
@@ -33,7 +33,7 @@ export function fakeBzImage(fileBytes: number, syssize: number): Uint8Array {
  */
 export function serialOnlyHypervisor(serial: string): Hypervisor {
   const regions: MemoryRegion[] = [];
-  const regs = {} as X86Regs;
+  const regs = { arch: "x86_64" } as VcpuRegs;
   const vm: HvVm = {
     get memory() {
       return new GuestMemory(regions);

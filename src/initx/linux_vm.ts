@@ -29,15 +29,16 @@ import { Platform, POST_CODE_PORT } from "../devices/platform.ts";
 import { Serial } from "../devices/serial.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
 import { VirtioMmioTransport } from "../devices/virtio/mmio.ts";
-import type {
-  HvVcpu,
-  HvVm,
-  Hypervisor,
-  IoAccess,
-  MmioAccess,
-  Segment,
-  VcpuOutcome,
-  X86Sregs,
+import {
+  describePc,
+  type HvVcpu,
+  type HvVm,
+  type Hypervisor,
+  type IoAccess,
+  type MmioAccess,
+  type Segment,
+  type VcpuOutcome,
+  type X86Sregs,
 } from "../hv/hv.ts";
 
 /**
@@ -446,16 +447,16 @@ export class LinuxVm {
       case "hlt":
         return this.#end({
           kind: "error",
-          message: `vCPU ${id} halted at rip 0x${
-            o.regs.rip.toString(16)
+          message: `vCPU ${id} halted at ${
+            describePc(o.regs)
           } with no interrupt controller to wake it`,
         });
       case "internal-error":
         return this.#end({
           kind: "error",
           message:
-            `KVM internal error (suberror ${o.suberror}) on vCPU ${id} at rip 0x${
-              o.regs.rip.toString(16)
+            `KVM internal error (suberror ${o.suberror}) on vCPU ${id} at ${
+              describePc(o.regs)
             }`,
         });
       case "fail-entry":
@@ -469,8 +470,8 @@ export class LinuxVm {
         return this.#end({
           kind: "error",
           message:
-            `vCPU ${id} stopped on unhandled KVM exit reason ${o.exitReason} at rip 0x${
-              o.regs.rip.toString(16)
+            `vCPU ${id} stopped on unhandled KVM exit reason ${o.exitReason} at ${
+              describePc(o.regs)
             }`,
         });
       case "error":

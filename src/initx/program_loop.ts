@@ -94,6 +94,8 @@ const POLLFD_REVENTS = 6;
 const KERNEL_SIGSET_SIZE = 8;
 /** Signal a cloned child sends its parent on exit (`asm-generic/signal.h`). */
 const SIGCHLD = 17;
+/** ioctl(2): set a terminal's window size (asm-generic/ioctls.h). */
+const TIOCSWINSZ = 0x5414;
 /** unshare(2): a new PID namespace for the caller's next child. */
 const CLONE_NEWPID = 0x20000000;
 /** unshare(2): a mount namespace of the caller's own. */
@@ -915,7 +917,7 @@ export function buildProgramLoopElf(
  * standard `PATH`), the working directory (default: the init's, `/`), and
  * the user and group to run as (default: the init's, root), and a terminal
  * (`tty`, e.g. `/dev/hvc0`) to make the command's controlling terminal and
- * stdin, stdout and stderr, in a session of its own; with `pidNamespace`
+ * stdin, stdout and stderr, in a session of its own, sized `ttySize`; with `pidNamespace`
  * the command runs as PID 1 of a new PID namespace (with its own `/proc`)
  * and this program waits for it and returns its status (128 + N after
  * signal N).
@@ -930,6 +932,7 @@ export function buildExecProgram(
     uid?: number;
     gid?: number;
     tty?: string;
+    ttySize?: { columns: number; rows: number };
     pidNamespace?: boolean;
   } = {},
 ): Program {
@@ -996,6 +999,15 @@ export function buildExecProgram(
         p.string(`attach ${options.tty}`, { nulTerminated: true }).ptr,
       );
       attachConsole(m, { path: options.tty, onError: { errno, goto: "fail" } });
+      if (options.ttySize !== undefined) {
+        // struct winsize { rows, columns, xpixel, ypixel } (u16 each); a
+        // terminal that cannot be sized still works.
+        const size = new Uint8Array(8);
+        const view = new DataView(size.buffer);
+        view.setUint16(0, options.ttySize.rows, true);
+        view.setUint16(2, options.ttySize.columns, true);
+        m.syscall("ioctl", [0, TIOCSWINSZ, p.bytes(size).ptr]);
+      }
     }
     // Group first: after setuid the process may no longer change it.
     if (options.gid !== undefined || options.uid !== undefined) {

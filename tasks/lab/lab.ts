@@ -1,27 +1,34 @@
 /**
- * The KVM lab: a QEMU-emulated x86_64 machine (TCG, `-cpu max`, so AMD SVM is
- * visible to its guest) whose Debian kernel loads `kvm-amd` and so offers a real
- * `/dev/kvm` backed by nested SVM. Hosts whose own KVM cannot boot Linux (a
- * `kvm_pvm` host, or no `/dev/kvm` at all) run the project's end-to-end tests
- * here. See docs/testing.md.
+ * The KVM lab: a QEMU-emulated machine with a real `/dev/kvm`. On x86_64
+ * (the default) it is TCG with `-cpu max`, so AMD SVM is visible to its
+ * guest, whose Debian kernel loads `kvm-amd`: KVM backed by nested SVM. On
+ * aarch64 (`arch: "aarch64"`) it is the `virt` board with EL2 and a GICv3,
+ * whose Debian kernel's built-in KVM runs nested guests at EL1. Hosts whose
+ * own KVM cannot boot Linux (a `kvm_pvm` host, or no `/dev/kvm` at all) run
+ * the project's end-to-end tests here. What differs between the two lives in
+ * `arch.ts` (the machine) and `payload.ts` (the programs). See
+ * docs/testing.md.
  *
  * The lab boots from one initramfs made of two concatenated `newc` archives:
- * a cached base (busybox, the KVM modules, deno, QEMU for the nested peer, and
- * their shared libraries) and a small per-run overlay (the project tree, the
- * command and its environment). Output streams live from the lab's serial
- * console; the command's exit status comes back on a marker line; files the
- * command leaves in the lab's `/out` come back as a base64 tar stream between
- * two marker lines.
+ * a cached base (busybox, the KVM modules, deno, QEMU for the nested peer on
+ * x86_64, and their shared libraries) and a small per-run overlay (the
+ * project tree, the command and its environment). Output streams live from
+ * the lab's serial console; the command's exit status comes back on a marker
+ * line; files the command leaves in the lab's `/out` come back as a base64
+ * tar stream between two marker lines.
  *
  * @module
  */
 
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { ensureLabKernel, type LabKernel } from "./kernel.ts";
-import { ensurePackages, which } from "../_packages.ts";
+import { LAB_MACHINES, type LabArch, labQemuArgs } from "./arch.ts";
+import { labPayload } from "./payload.ts";
+import { ensurePackages } from "../_packages.ts";
 import { resolveModules } from "../../src/boot/modules.ts";
-import { requireStaticBusybox } from "../../src/initx/busybox_guest.ts";
+
+export type { LabArch } from "./arch.ts";
 
 /**
  * Start of the marker lines the lab's init prints (command start, files out,
@@ -29,13 +36,6 @@ import { requireStaticBusybox } from "../../src/initx/busybox_guest.ts";
  * output cannot be mistaken for them.
  */
 const MARKER_PREFIX = "@@initx-lab@@";
-
-/** Modules, in load order, that give the lab a `/dev/kvm`. */
-const KVM_MODULES = [
-  "virt/lib/irqbypass.ko",
-  "arch/x86/kvm/kvm.ko",
-  "arch/x86/kvm/kvm-amd.ko",
-];
 
 /**
  * Guest kernel modules the lab carries (with their dependencies) at the same
@@ -54,14 +54,10 @@ const GUEST_MODULES = [
 /** What the lab's kernel prints when one of its CPUs is stuck in the kernel. */
 const LAB_FAULT = /watchdog: BUG: soft lockup - CPU#\d+ stuck/;
 
-/** Guest memory of the lab in MiB; nested guests take theirs from it. */
-const LAB_MEMORY_MIB = 4096;
-
-/** QEMU firmware that `-M microvm` needs, copied into the lab for the peer. */
-const QEMU_FIRMWARE = ["bios-microvm.bin", "linuxboot_dma.bin", "kvmvapic.bin"];
-
 /** Options of {@linkcode runInLab}. */
 export interface LabOptions {
+  /** The lab machine's architecture; default `x86_64`. */
+  arch?: LabArch;
   /** Working directory inside the project tree; default: the project root. */
   cwd?: string;
   /** Seconds before the command is stopped; default 1800. */
@@ -106,7 +102,7 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /** The project root: the folder holding deno.json above this file. */
-export const PROJECT_ROOT = resolve(
+export const PROJECT_ROOT: string = resolve(
   dirname(new URL(import.meta.url).pathname),
   "../..",
 );
@@ -131,23 +127,6 @@ async function run(cmd: string[], options: { cwd?: string } = {}) {
     );
   }
   return decoder.decode(out.stdout);
-}
-
-/** Debian packages the lab needs on the host, by the command they provide. */
-const LAB_TOOLS: Record<string, string> = {
-  "qemu-system-x86_64": "qemu-system-x86",
-  "busybox": "busybox-static",
-  "cpio": "cpio",
-};
-
-async function sharedLibraries(binary: string): Promise<string[]> {
-  const text = await run(["ldd", binary]);
-  const libs: string[] = [];
-  for (const line of text.split("\n")) {
-    const m = line.match(/=>\s*(\/\S+)/) ?? line.match(/^\s*(\/\S+)/);
-    if (m?.[1]) libs.push(m[1]);
-  }
-  return libs;
 }
 
 async function copyInto(root: string, src: string, dest = src) {
@@ -176,14 +155,20 @@ async function cpioOf(dir: string, out: string): Promise<void> {
   if (!status.success) throw new Error(`Cannot write the lab initramfs ${out}`);
 }
 
+// The base holds busybox and a /bin/sh link to it; busybox links its other
+// applets itself, so the applets of a foreign busybox need not be listed here.
 const LAB_INIT = `#!/bin/sh
+/bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm /tmp /out && mount -t devpts devpts /dev/pts
-for m in /lab/modules/*.ko; do insmod "$m" || echo "lab: insmod $m failed"; done
-[ -c /dev/kvm ] || echo "lab: no /dev/kvm after loading kvm-amd"
+for m in /lab/modules/*.ko; do
+  [ -e "$m" ] || continue # KVM is built in: no modules
+  insmod "$m" || echo "lab: insmod $m failed"
+done
+[ -c /dev/kvm ] || echo "lab: no /dev/kvm"
 ip link set lo up 2>/dev/null
 . /lab/env.sh
 cd "$LAB_CWD"
@@ -214,36 +199,34 @@ function hashOf(parts: string[]): string {
   );
 }
 
-async function statKey(path: string): Promise<string> {
-  const s = await Deno.stat(path);
-  return `${path}:${s.size}:${s.mtime?.getTime()}`;
-}
-
-/** Builds (or reuses) the cached base initramfs and returns its path. */
+/**
+ * Builds (or reuses) the cached base initramfs for `kernel`'s architecture
+ * and returns its path.
+ */
 export async function ensureBaseInitramfs(
   kernel: LabKernel,
   progress: (line: string) => void,
 ): Promise<string> {
-  const deno = Deno.execPath();
-  const qemu = which("qemu-system-x86_64")!;
-  const busybox = requireStaticBusybox();
+  const machine = LAB_MACHINES[kernel.arch];
+  const cache = labCacheDir();
+  const payload = await labPayload(kernel.arch, { cacheDir: cache, progress });
   const key = hashOf([
     LAB_INIT,
     ...GUEST_MODULES,
+    ...machine.kvmModules,
     kernel.version,
-    await statKey(deno),
-    await statKey(qemu),
-    await statKey(busybox),
+    ...payload.key,
   ]);
-  const cache = labCacheDir();
-  const path = join(cache, `base-${key}.cpio`);
+  const path = join(cache, `base-${kernel.arch}-${key}.cpio`);
   try {
     await Deno.stat(path);
     return path;
   } catch {
     // not built yet
   }
-  progress("lab: building the base initramfs (once per input change)");
+  progress(
+    `lab: building the ${kernel.arch} base initramfs (once per input change)`,
+  );
   await Deno.mkdir(cache, { recursive: true });
   const root = await Deno.makeTempDir({ dir: cache, prefix: "base-" });
   try {
@@ -252,37 +235,18 @@ export async function ensureBaseInitramfs(
     ) {
       await Deno.mkdir(join(root, d), { recursive: true });
     }
-    await copyInto(root, busybox, "bin/busybox");
-    const applets = (await run([busybox, "--list"])).split("\n").filter((a) =>
-      a && a !== "busybox"
-    );
-    for (const a of applets) {
-      await Deno.symlink("busybox", join(root, "bin", a));
-    }
+    await copyInto(root, payload.busybox, "bin/busybox");
+    await Deno.symlink("busybox", join(root, "bin/sh"));
     await Deno.writeTextFile(join(root, "init"), LAB_INIT, { mode: 0o755 });
-    for (const m of KVM_MODULES) {
+    for (const [i, m] of machine.kvmModules.entries()) {
       const src = join(kernel.modulesDir, "kernel", m);
-      await copyInto(
-        root,
-        src,
-        join(
-          "lab/modules",
-          String(KVM_MODULES.indexOf(m)) + "-" + m.split("/").pop(),
-        ),
-      );
+      await copyInto(root, src, join("lab/modules", `${i}-${basename(m)}`));
     }
-    for (const bin of [deno, qemu]) {
-      await copyInto(root, bin, join("usr/bin", bin.split("/").pop()!));
-      for (const lib of await sharedLibraries(bin)) {
-        await copyInto(root, lib);
-      }
-    }
-    for (const fw of QEMU_FIRMWARE) {
-      const src = join("/usr/share/qemu", fw);
-      try {
-        await copyInto(root, src);
-      } catch {
-        progress(`lab: QEMU firmware ${src} missing; the nested peer may fail`);
+    for (const f of await payload.files(progress)) {
+      if ("host" in f) await copyInto(root, f.host, f.lab);
+      else {
+        await Deno.mkdir(dirname(join(root, f.lab)), { recursive: true });
+        await Deno.symlink(f.symlink, join(root, f.lab));
       }
     }
     await copyInto(root, kernel.image, "lab/vmlinuz");
@@ -421,8 +385,10 @@ export async function runInLab(
   const output = options.output ??
     ((bytes: Uint8Array) => Deno.stdout.writeSync(bytes));
   const timeoutSeconds = options.timeoutSeconds ?? 1800;
-  await ensurePackages(LAB_TOOLS, progress);
-  const kernel = await ensureLabKernel(progress);
+  const arch = options.arch ?? "x86_64";
+  const machine = LAB_MACHINES[arch];
+  await ensurePackages(machine.hostTools, progress);
+  const kernel = await ensureLabKernel(progress, { arch });
   const base = await ensureBaseInitramfs(kernel, progress);
 
   const cache = labCacheDir();
@@ -447,6 +413,7 @@ export async function runInLab(
       DENO_DIR: LAB_DENO_DIR,
       DENO_NO_UPDATE_CHECK: "1",
       INITX_IN_LAB: "1",
+      INITX_LAB_ARCH: arch,
       INITX_LAB_KERNEL: "/lab/vmlinuz",
       INITX_LAB_MODULES: kernel.modulesDir,
       // The lab has no network: the default kernel is the one it carries.
@@ -480,31 +447,8 @@ export async function runInLab(
       initrd,
     ]);
 
-    child = new Deno.Command("qemu-system-x86_64", {
-      args: [
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        String(LAB_MEMORY_MIB),
-        "-smp",
-        "2",
-        "-M",
-        "microvm",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-kernel",
-        kernel.image,
-        "-initrd",
-        initrd,
-        "-append",
-        "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2300000 quiet loglevel=1",
-      ],
+    child = new Deno.Command(machine.qemu, {
+      args: labQemuArgs(arch, { kernel: kernel.image, initrd }),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

@@ -123,6 +123,17 @@ export interface DescriptorChain {
   writableLength: number;
 }
 
+/** A word of shared memory whose atomic updates serve as full fences. */
+const FENCE_WORD = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * A full memory fence (StoreLoad included): an atomic read-modify-write,
+ * which V8 emits as a locked instruction on x86_64.
+ */
+function fullFence(): void {
+  Atomics.add(FENCE_WORD, 0, 0);
+}
+
 /** Options of {@linkcode Virtqueue}. */
 export interface VirtqueueOptions {
   /** Largest size the driver may choose: a power of 2, at most 32768. */
@@ -379,6 +390,12 @@ export class Virtqueue {
       return false;
     }
     this.#unsignalled = false;
+    // The used idx just written must be visible before the flags are read:
+    // the driver clears NO_INTERRUPT, fences, then reads used idx. Without
+    // a full fence here both sides can read stale values (a store may wait
+    // in the store buffer past a later load, even on x86) and the driver
+    // sleeps on a used buffer nobody tells it about.
+    fullFence();
     try {
       return (memory.getU16(this.availAddr) & VIRTQ_AVAIL_F_NO_INTERRUPT) ===
         0;

@@ -174,6 +174,8 @@ Deno.test("a long-mode guest computes a sum and reports it through MMIO", (t) =>
       equal(writes[0]!.addr, MMIO_RESULT);
       equal(new DataView(writes[0]!.data.buffer).getBigUint64(0, true), 5050n);
       if (outcome.kind !== "hlt") return;
+      equal(outcome.regs.arch, "x86_64");
+      if (outcome.regs.arch !== "x86_64") return;
       equal(outcome.regs.rax, 5050n);
       equal(outcome.regs.rdx, 0x1122334455667788n);
     } finally {
@@ -255,6 +257,8 @@ Deno.test("a guest that spins forever is stopped by the host", (t) =>
       if (outcome.kind !== "stopped") return;
       // It left the guest after the request (its latency is in bench:exit).
       ok(outcome.atMs >= requestedAt);
+      equal(outcome.regs.arch, "x86_64");
+      if (outcome.regs.arch !== "x86_64") return;
       equal(outcome.regs.rip, 0x1000n);
     } finally {
       await vm.close();
@@ -327,6 +331,25 @@ Deno.test("the in-kernel irqchip and PIT can be created and a line raised", (t) 
       vm.setIrqLine(4, 1);
       vm.setIrqLine(4, 0);
       ok(kvm.supportedCpuid().byteLength > 8);
+    } finally {
+      await vm.close();
+    }
+  }));
+
+Deno.test("an x86_64 KVM VM refuses arm64 registers", (t) =>
+  withVm(t, async (kvm) => {
+    const vm = kvm.createVm();
+    try {
+      let message = "";
+      try {
+        await vm.startVcpu(0, { arm64: { regs: { pc: 0x1000n } } });
+      } catch (e) {
+        message = e instanceof Error ? e.message : String(e);
+      }
+      equal(
+        message,
+        "Cannot start vCPU 0: it was given arm64 registers, and this KVM VM is x86_64",
+      );
     } finally {
       await vm.close();
     }

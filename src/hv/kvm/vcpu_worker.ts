@@ -40,7 +40,7 @@ import {
   kvm_sregs,
   KVM_SYSTEM_EVENT,
 } from "../../../ffi/kvm.ts";
-import type { VcpuOutcome, X86Regs, X86Sregs } from "../hv.ts";
+import type { VcpuOutcome, VcpuRegs, X86Regs, X86Sregs } from "../hv.ts";
 import {
   cpuidForVcpu,
   readRegs,
@@ -133,10 +133,10 @@ function setRegisters(
   }
 }
 
-function getRegs(fd: number): X86Regs {
+function getRegs(fd: number): VcpuRegs {
   const buf = new Uint8Array(kvm_regs.size);
   c.ioctl(fd, KVM.GET_REGS, Deno.UnsafePointer.of(buf), "KVM_GET_REGS");
-  return readRegs(new DataView(buf.buffer));
+  return { arch: "x86_64", ...readRegs(new DataView(buf.buffer)) };
 }
 
 const IO_DIRECTION = kvm_run.fields["io.direction"].offset;

@@ -171,6 +171,11 @@ export class KvmVm implements HvVm {
    */
   async startVcpu(id: number, init: VcpuInit): Promise<HvVcpu> {
     this.#checkOpen();
+    if (init.arm64 !== undefined) {
+      throw new Error(
+        `Cannot start vCPU ${id}: it was given arm64 registers, and this KVM VM is x86_64`,
+      );
+    }
     const starting = KvmVcpu.start(this.#fd, id, {
       mmapSize: this.#options.mmapSize,
       cpuid: this.#options.cpuid,
