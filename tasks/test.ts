@@ -182,6 +182,7 @@ async function inLab(phase: string, files: string[]) {
       },
       cwd: PROJECT_ROOT,
       env: testEnv,
+      files: labInputs,
       timeoutSeconds: 2400,
       output: (bytes) => {
         Deno.stdout.writeSync(bytes);
