@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { decompile, dtc } from "./_dtc_test_util.ts";
 import { needTool } from "../../tests/_gate.ts";
 import {
   ARM64_GIC_REDISTRIBUTOR_BYTES,
@@ -9,52 +10,8 @@ import {
   buildArm64Fdt,
 } from "./arm64_fdt.ts";
 
-const decoder = new TextDecoder();
 const WHY =
   "the arm64 device tree is checked by decompiling it (apt-get install device-tree-compiler)";
-
-/** Runs `dtc` on a blob given on stdin. */
-async function dtc(
-  args: string[],
-  input: Uint8Array,
-): Promise<
-  { success: boolean; output: Uint8Array; stdout: string; stderr: string }
-> {
-  const child = new Deno.Command("dtc", {
-    args: [...args, "-"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(input);
-  await writer.close();
-  const out = await child.output();
-  return {
-    success: out.success,
-    output: out.stdout,
-    stdout: decoder.decode(out.stdout),
-    stderr: decoder.decode(out.stderr),
-  };
-}
-
-/** DTS lines independent of the dtc version (hex without leading zeros, `"a", "b"` lists). */
-function normalizeDts(text: string): string[] {
-  return text
-    .replace(/0x0*([0-9a-f]+)/g, "0x$1")
-    .replaceAll("\\0", '", "')
-    .split("\n")
-    .map((line) => line.trim().replace(/\s+/g, " "))
-    .filter((line) => line !== "");
-}
-
-/** `dtc -I dtb -O dts`, failing on any warning. */
-async function decompile(dtb: Uint8Array): Promise<string[]> {
-  const r = await dtc(["-I", "dtb", "-O", "dts"], dtb);
-  assert.ok(r.success, `dtc -I dtb -O dts failed:\n${r.stderr}`);
-  assert.equal(r.stderr, "", "dtc -I dtb -O dts printed warnings");
-  return normalizeDts(r.stdout);
-}
 
 /** The lines of one node's body (without nested nodes' closing), by its opening line. */
 function nodeLines(dts: string[], opening: string): string[] {
