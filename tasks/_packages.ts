@@ -32,6 +32,7 @@ export const TEST_TOOLS: Record<string, string> = {
   "qemu-aarch64-static": "qemu-user-static",
   "cc": "gcc",
   "xz": "xz-utils",
+  "zstd": "zstd",
 };
 
 /**

@@ -165,7 +165,10 @@ export async function cacheCommand(
   const out = options.out ?? ((line: string) => console.log(line));
   const err = options.err ?? ((line: string) => console.error(line));
   const [verb, ...rest] = args;
-  if (verb === "-h" || verb === "--help") {
+  if (
+    verb === "-h" || verb === "--help" ||
+    (verb === "prune" && rest.some((a) => a === "-h" || a === "--help"))
+  ) {
     err(CACHE_USAGE);
     return 0;
   }

@@ -51,25 +51,63 @@ export const COMMANDS: Record<string, Command> = {
     run: compileCommand,
   },
   kernel: {
-    summary: "kernel fetch [--refresh]: download and cache the default kernel",
+    summary:
+      "kernel fetch [--refresh] [--arch A]: download and cache the default kernel",
     run: kernelCommand,
   },
 };
 
+const KERNEL_USAGE =
+  `Usage: initx kernel fetch [--refresh] [--arch x86_64|aarch64]
+
+Downloads and caches the default kernel (Debian's cloud kernel with its
+modules) and prints the paths of its image and modules.
+
+Options:
+  --refresh        look up the newest kernel even if the last lookup is recent
+  --arch ARCH      the kernel's architecture (default: this host's)
+  -h, --help       show this help`;
+
 /** `initx kernel fetch`: provisions the default kernel and prints its paths. */
 async function kernelCommand(args: string[]): Promise<number> {
   const [verb, ...rest] = args;
+  if (verb === "-h" || verb === "--help") {
+    console.log(KERNEL_USAGE);
+    return 0;
+  }
   if (verb !== "fetch") {
-    console.error("Usage: initx kernel fetch [--refresh]");
+    console.error(KERNEL_USAGE);
     return 2;
   }
-  const { values } = parseArgs({
-    args: rest,
-    options: { refresh: { type: "boolean" } },
-  });
+  let values: { refresh?: boolean; arch?: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: rest,
+      options: {
+        refresh: { type: "boolean" },
+        arch: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    }));
+  } catch (e) {
+    console.error(`initx kernel: ${(e as Error).message}\n\n${KERNEL_USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(KERNEL_USAGE);
+    return 0;
+  }
+  const arch = values.arch;
+  if (arch !== undefined && arch !== "x86_64" && arch !== "aarch64") {
+    console.error(
+      `initx kernel: --arch must be x86_64 or aarch64, not "${arch}"`,
+    );
+    return 2;
+  }
   try {
     const k = await ensureKernel({
       refresh: values.refresh,
+      arch,
       onProgress: (line) => console.error(`initx kernel: ${line}`),
     });
     console.log(`image=${k.image}`);
@@ -105,9 +143,13 @@ function usage(): string {
  */
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;
-  if (name === undefined || name === "-h" || name === "--help") {
+  if (name === "-h" || name === "--help") {
+    console.log(usage());
+    return 0;
+  }
+  if (name === undefined) {
     console.error(usage());
-    return name === undefined ? 2 : 0;
+    return 2;
   }
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (command === undefined) {
