@@ -59,8 +59,8 @@ export {
   GuestMemoryError,
   type MemoryRegion,
 } from "./src/hv/memory.ts";
-export { Kvm } from "./src/hv/kvm/system.ts";
-export { KvmVm } from "./src/hv/kvm/vm.ts";
+export { Kvm, type KvmCreateVmOptions } from "./src/hv/kvm/system.ts";
+export { type KvmArch, type KvmGicOptions, KvmVm } from "./src/hv/kvm/vm.ts";
 export { KvmVcpu } from "./src/hv/kvm/vcpu.ts";
 export {
   cannotBootLinuxReason,

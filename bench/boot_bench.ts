@@ -30,12 +30,20 @@
  * kernel log timestamps (read with `dmesg`, so that the slow console does not
  * change them) and the largest gaps between log lines.
  *
+ * On an aarch64 host (the arm64 KVM lab, or arm64 hardware) the bench is
+ * the same with initx's arm64 machine against one peer,
+ * `qemu-system-aarch64 -accel kvm -cpu host -M virt` with the options of
+ * `ARM64_QEMU_MACHINE` (`_boot_arm64.ts`), and the goal against it; the
+ * peer's command line puts the console on virt's PL011.
+ *
  * Run by `deno task bench:boot`, which picks the host or the KVM lab. Needs a
- * /dev/kvm that boots Linux and `qemu-system-x86_64`. Environment:
+ * /dev/kvm that boots Linux and `qemu-system-x86_64` (`qemu-system-aarch64`
+ * on aarch64). Environment:
  * `INITX_BENCH_ROUNDS` (default 3), `INITX_BENCH_CPUS` (default 1),
  * `INITX_BENCH_MEMORY_MIB` (default 256), `INITX_LAB_KERNEL` (default: the
  * kernel of `ensureKernel()`), `INITX_BENCH_QEMU_MACHINE` and
- * `INITX_BENCH_QEMU_TUNED_MACHINE` (the `-M` value of each peer).
+ * `INITX_BENCH_QEMU_TUNED_MACHINE` (the `-M` value of each peer; on aarch64
+ * the first names the one peer's).
  *
  * @module
  */
@@ -43,9 +51,19 @@
 import { requireStaticBusybox } from "../src/initx/busybox_guest.ts";
 import { CpioWriter } from "../src/boot/cpio.ts";
 import { ensureKernel } from "../src/boot/kernel.ts";
-import { cannotBootLinuxReason } from "../src/hv/kvm/host.ts";
+import { cannotBootLinuxReason, detectKvmHost } from "../src/hv/kvm/host.ts";
 import { Kvm } from "../src/hv/kvm/system.ts";
-import { DEFAULT_CMDLINE, LinuxVm } from "../src/initx/linux_vm.ts";
+import type { Arch } from "../src/ir/syscalls.ts";
+import { defaultCmdline, LinuxVm } from "../src/initx/linux_vm.ts";
+import {
+  ARM64_BOOT_TIMEOUT_MS,
+  ARM64_MILESTONES,
+  ARM64_PEER_NOTES,
+  ARM64_QEMU,
+  ARM64_QEMU_MACHINE,
+  arm64CannotBootReason,
+  arm64QemuCmdline,
+} from "./_boot_arm64.ts";
 
 const ROUNDS = Number(Deno.env.get("INITX_BENCH_ROUNDS") ?? 3);
 const CPUS = Number(Deno.env.get("INITX_BENCH_CPUS") ?? 1);
@@ -74,19 +92,12 @@ const QEMU_MACHINE = Deno.env.get("INITX_BENCH_QEMU_MACHINE") ?? "microvm";
  */
 const QEMU_TUNED_MACHINE = Deno.env.get("INITX_BENCH_QEMU_TUNED_MACHINE") ??
   "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,auto-kernel-cmdline=off";
-/** A boot that takes longer than this has failed. */
-const BOOT_TIMEOUT_MS = 60_000;
-/**
- * A run that has not ended this long after its timeout is stuck (in the
- * stop path): the bench says so instead of waiting for the lab's timeout.
- */
-const STUCK_MS = BOOT_TIMEOUT_MS + 15_000;
 const MARKER = "INITX-BENCH-UP";
 /** Printed by the breakdown init before and after its report. */
 const REPORT_BEGIN = "INITX-BENCH-REPORT-BEGIN";
 const REPORT_END = "INITX-BENCH-REPORT-END";
-/** Kernel log lines worth a timestamp in the breakdown (regexp, for grep -E). */
-const MILESTONES = [
+/** Kernel log lines worth a timestamp in the x86 breakdown (for grep -E). */
+const X86_MILESTONES = [
   "tsc: ",
   "clocksource: Switched",
   "smp: Brought up",
@@ -95,7 +106,7 @@ const MILESTONES = [
   "Freeing initrd memory",
   "Freeing unused kernel image",
   "Run /init",
-].join("|");
+];
 
 const encoder = new TextEncoder();
 
@@ -131,17 +142,19 @@ const TIMED_INIT = `/bin/busybox echo ${MARKER}
 `;
 
 /**
- * Prints the marker, then the kernel log's first line, its milestones, and
- * the six largest gaps between consecutive lines (gap in seconds, the time it
- * ended at, and the line after the gap), then powers off.
+ * An init that prints the marker, then the kernel log's first line, the
+ * lines naming one of `milestones`, and the six largest gaps between
+ * consecutive lines (gap in seconds, the time it ended at, and the line
+ * after the gap), then powers off.
  */
-const BREAKDOWN_INIT = `/bin/busybox echo ${MARKER}
+const breakdownInit = (milestones: readonly string[]) =>
+  `/bin/busybox echo ${MARKER}
 export PATH=/bin
 /bin/busybox --install -s /bin
 dmesg > /dmesg.txt
 echo ${REPORT_BEGIN}
 head -n 1 /dmesg.txt | cut -c 1-100
-grep -E '${MILESTONES}' /dmesg.txt | cut -c 1-100
+grep -E '${milestones.join("|")}' /dmesg.txt | cut -c 1-100
 echo "largest gaps:"
 awk '{ t = substr($0, 2, 12) + 0; if (NR > 1) printf "%8.3f s before %s\\n", t - p, substr($0, 1, 90); p = t }' /dmesg.txt | sort -rn | head -n 6
 echo "kernel log lines: $(wc -l < /dmesg.txt)"
@@ -168,6 +181,7 @@ async function bootInitx(
       memoryMiB: MEMORY_MIB,
       timeoutMs: BOOT_TIMEOUT_MS,
       hypervisor,
+      arch: BENCH.arch,
       onConsole: (bytes) => {
         text += decoder.decode(bytes, { stream: true });
         if (initMs === undefined && text.includes(MARKER)) {
@@ -202,6 +216,8 @@ interface QemuPeer {
   machine: string;
   /** The environment variable that sets `machine`. */
   env: string;
+  /** Its kernel command line made of initx's; default: initx's as it is. */
+  cmdline?: (initx: string) => string;
 }
 
 const UNTUNED: QemuPeer = {
@@ -214,8 +230,68 @@ const TUNED: QemuPeer = {
   machine: QEMU_TUNED_MACHINE,
   env: "INITX_BENCH_QEMU_TUNED_MACHINE",
 };
+/** The one arm64 peer: QEMU's virt board, with the goal against it. */
+const VIRT: QemuPeer = {
+  name: "QEMU",
+  machine: Deno.env.get("INITX_BENCH_QEMU_MACHINE") ?? ARM64_QEMU_MACHINE,
+  env: "INITX_BENCH_QEMU_MACHINE",
+  cmdline: arm64QemuCmdline,
+};
+
+/** What the bench of one architecture boots, against what. */
+interface Bench {
+  /** The guest architecture: the host's. */
+  arch: Arch;
+  /** The QEMU every peer runs. */
+  qemu: string;
+  /** The peers in the order each round boots them, after initx. */
+  peers: readonly QemuPeer[];
+  /** The peer of the goal ratio. */
+  goal: QemuPeer;
+  /** initx's kernel command line (the peers' are made of it). */
+  cmdline: string;
+  /** Kernel log lines the breakdown picks. */
+  milestones: readonly string[];
+  /** A boot that takes longer than this has failed. */
+  bootTimeoutMs: number;
+  /** Lines the header adds on the peers. */
+  notes: readonly string[];
+  /** Why this host cannot boot Linux guests, or undefined. */
+  cannotBoot: () => string | undefined;
+}
+
+const BENCH: Bench = Deno.build.arch === "aarch64"
+  ? {
+    arch: "aarch64",
+    qemu: ARM64_QEMU,
+    peers: [VIRT],
+    goal: VIRT,
+    cmdline: defaultCmdline("aarch64"),
+    milestones: ARM64_MILESTONES,
+    bootTimeoutMs: ARM64_BOOT_TIMEOUT_MS,
+    notes: ARM64_PEER_NOTES,
+    cannotBoot: () => arm64CannotBootReason(detectKvmHost()),
+  }
+  : {
+    arch: "x86_64",
+    qemu: "qemu-system-x86_64",
+    peers: [UNTUNED, TUNED],
+    goal: TUNED,
+    cmdline: defaultCmdline("x86_64"),
+    milestones: X86_MILESTONES,
+    bootTimeoutMs: 60_000,
+    notes: [],
+    cannotBoot: () => cannotBootLinuxReason(),
+  };
 /** The peers in the order each round boots them, after initx. */
-const PEERS: readonly QemuPeer[] = [UNTUNED, TUNED];
+const PEERS: readonly QemuPeer[] = BENCH.peers;
+/** A boot that takes longer than this has failed. */
+const BOOT_TIMEOUT_MS = BENCH.bootTimeoutMs;
+/**
+ * A run that has not ended this long after its timeout is stuck (in the
+ * stop path): the bench says so instead of waiting for the lab's timeout.
+ */
+const STUCK_MS = BOOT_TIMEOUT_MS + 15_000;
 
 /** What a QEMU peer boots: the same for every peer and for initx. */
 interface BootInputs {
@@ -232,13 +308,14 @@ async function bootQemu(
   let initMs: number | undefined;
   const decoder = new TextDecoder();
   const t0 = performance.now();
-  const child = new Deno.Command("qemu-system-x86_64", {
+  const append = peer.cmdline?.(cmdline) ?? cmdline;
+  const child = new Deno.Command(BENCH.qemu, {
     args: [
       ...["-accel", "kvm", "-cpu", "host", "-M", peer.machine],
       ...["-nodefaults", "-no-user-config", "-nographic"],
       ...["-serial", "stdio", "-no-reboot"],
       ...["-m", String(MEMORY_MIB), "-smp", String(CPUS)],
-      ...["-kernel", kernelPath, "-initrd", initrdPath, "-append", cmdline],
+      ...["-kernel", kernelPath, "-initrd", initrdPath, "-append", append],
     ],
     stdin: "null",
     stdout: "piped",
@@ -344,7 +421,98 @@ function runInitMs(reportText: string): number | undefined {
   return m ? Number(m[1]) * 1000 : undefined;
 }
 
-const reason = cannotBootLinuxReason();
+/**
+ * The summary: boot to init and to the end, min/median/max of initx, of
+ * each peer and of initx's ratio to each peer, round by round (the goal's
+ * peer last), and the host setup's share.
+ */
+function summaryLines(
+  initx: BootTimes[],
+  peers: ReadonlyMap<QemuPeer, BootTimes[]>,
+): string[] {
+  const shares = initx.map((a) => a.startMs! / a.initMs);
+  /** initx's time over the peer's, round by round. */
+  const ratios = (peer: QemuPeer, of: (t: BootTimes) => number) =>
+    initx.map((a, i) => of(a) / of(peers.get(peer)![i]!));
+  const toInit = (t: BootTimes) => t.initMs;
+  const toEnd = (t: BootTimes) => t.endMs;
+  /** Names padded to one width, so that the figures line up. */
+  const label = (names: string[]) => {
+    const width = Math.max(...names.map((n) => n.length)) + 1;
+    return (n: string) => `${n}:`.padEnd(width);
+  };
+  const initLabel = label(["initx", ...PEERS.map((p) => p.name)]);
+  const endLabel = label([
+    "initx (power-off)",
+    ...PEERS.map((p) => `${p.name} (exit)`),
+  ]);
+  const medianInit = (times: BootTimes[]) =>
+    (median(times.map(toInit)) / 1000).toFixed(2);
+  const goal = BENCH.goal;
+  const others = PEERS.filter((p) => p !== goal);
+  return [
+    `boot to init, ${initLabel("initx")} ${stats(initx.map(toInit), "s")}`,
+    ...PEERS.map((peer) =>
+      `boot to init, ${initLabel(peer.name)} ${
+        stats(peers.get(peer)!.map(toInit), "s")
+      }`
+    ),
+    ...others.map((peer) =>
+      `boot to init, initx/${peer.name} per round: ${
+        stats(ratios(peer, toInit), "x")
+      }`
+    ),
+    `ratio initx / ${goal.name}, boot to init (per round): ${
+      stats(ratios(goal, toInit), "x")
+    } (goal: median at most 0.70x)`,
+    `boot to end, ${endLabel("initx (power-off)")} ${
+      stats(initx.map(toEnd), "s")
+    }`,
+    ...PEERS.map((peer) =>
+      `boot to end, ${endLabel(`${peer.name} (exit)`)} ${
+        stats(peers.get(peer)!.map(toEnd), "s")
+      }`
+    ),
+    ...others.map((peer) =>
+      `boot to end, initx/${peer.name} per round: ${
+        stats(ratios(peer, toEnd), "x")
+      }`
+    ),
+    `ratio initx / ${goal.name}, boot to end (per round): ${
+      stats(ratios(goal, toEnd), "x")
+    }`,
+    `initx LinuxVm.start() (host-side setup, inside boot to init): ${
+      stats(initx.map((a) => a.startMs!), "s")
+    }`,
+    `host setup share of boot to init, per round: ${stats(shares, "share")}`,
+    hostSetupLine(initx),
+    `boot to init: initx ${medianInit(initx)} s, ${
+      PEERS.map((peer) =>
+        `${peer.name} ${medianInit(peers.get(peer)!)} s (ratio ${
+          median(ratios(peer, toInit)).toFixed(2)
+        }x${peer === goal ? "; goal: at most 0.70x" : ""})`
+      ).join(", ")
+    }`,
+  ];
+}
+
+/**
+ * The header's command-line lines: one when every peer boots initx's own,
+ * else initx's and each peer's.
+ */
+function commandLines(cmdline: string): string[] {
+  const own = PEERS.map((p) => p.cmdline?.(cmdline) ?? cmdline);
+  if (own.every((c) => c === cmdline)) {
+    const who = PEERS.length === 2 ? "both peers" : "the peers";
+    return [`command line (initx and ${who}): ${cmdline}`];
+  }
+  return [
+    `command line (initx): ${cmdline}`,
+    ...PEERS.map((p, i) => `command line (${p.name}): ${own[i]}`),
+  ];
+}
+
+const reason = BENCH.cannotBoot();
 if (reason !== undefined) {
   console.error(reason);
   Deno.exit(1);
@@ -356,18 +524,19 @@ const dir = await Deno.makeTempDir({ prefix: "initx-boot-bench-" });
 const hypervisor = COLD ? undefined : Kvm.open();
 try {
   const timedInitrd = initramfs(TIMED_INIT);
-  const breakdownInitrd = initramfs(BREAKDOWN_INIT);
+  const breakdownInitrd = initramfs(breakdownInit(BENCH.milestones));
   const timedPath = `${dir}/timed.cpio`;
   const breakdownPath = `${dir}/breakdown.cpio`;
   await Deno.writeFile(timedPath, timedInitrd);
   await Deno.writeFile(breakdownPath, breakdownInitrd);
-  const cmdline = DEFAULT_CMDLINE;
+  const cmdline = BENCH.cmdline;
   const timed: BootInputs = { kernelPath, initrdPath: timedPath, cmdline };
   console.log(`kernel ${kernelPath}, ${CPUS} vCPU, ${MEMORY_MIB} MiB`);
-  console.log(`command line (initx and both peers): ${cmdline}`);
+  for (const line of commandLines(cmdline)) console.log(line);
   for (const peer of PEERS) {
     console.log(`${peer.name}: -accel kvm -cpu host -M ${peer.machine}`);
   }
+  for (const note of BENCH.notes) console.log(note);
   console.log(
     `initx: ${
       COLD
@@ -433,63 +602,7 @@ try {
     console.log(`\nbreakdown, ${name} (${parts.join("; ")}):\n${r}`);
   }
 
-  const shares = initx.map((a) => a.startMs! / a.initMs);
-  /** initx's time over the peer's, round by round. */
-  const ratios = (peer: QemuPeer, of: (t: BootTimes) => number) =>
-    initx.map((a, i) => of(a) / of(peers.get(peer)![i]!));
-  const toInit = (t: BootTimes) => t.initMs;
-  const toEnd = (t: BootTimes) => t.endMs;
-  /** Names padded to one width, so that the figures line up. */
-  const label = (names: string[]) => {
-    const width = Math.max(...names.map((n) => n.length)) + 1;
-    return (n: string) => `${n}:`.padEnd(width);
-  };
-  const initLabel = label(["initx", ...PEERS.map((p) => p.name)]);
-  const endLabel = label([
-    "initx (power-off)",
-    ...PEERS.map((p) => `${p.name} (exit)`),
-  ]);
-  const medianInit = (times: BootTimes[]) =>
-    (median(times.map(toInit)) / 1000).toFixed(2);
-  const lines = [
-    `boot to init, ${initLabel("initx")} ${stats(initx.map(toInit), "s")}`,
-    ...PEERS.map((peer) =>
-      `boot to init, ${initLabel(peer.name)} ${
-        stats(peers.get(peer)!.map(toInit), "s")
-      }`
-    ),
-    `boot to init, initx/QEMU per round: ${
-      stats(ratios(UNTUNED, toInit), "x")
-    }`,
-    `ratio initx / QEMU tuned, boot to init (per round): ${
-      stats(ratios(TUNED, toInit), "x")
-    } (goal: median at most 0.70x)`,
-    `boot to end, ${endLabel("initx (power-off)")} ${
-      stats(initx.map(toEnd), "s")
-    }`,
-    ...PEERS.map((peer) =>
-      `boot to end, ${endLabel(`${peer.name} (exit)`)} ${
-        stats(peers.get(peer)!.map(toEnd), "s")
-      }`
-    ),
-    `boot to end, initx/QEMU per round: ${stats(ratios(UNTUNED, toEnd), "x")}`,
-    `ratio initx / QEMU tuned, boot to end (per round): ${
-      stats(ratios(TUNED, toEnd), "x")
-    }`,
-    `initx LinuxVm.start() (host-side setup, inside boot to init): ${
-      stats(initx.map((a) => a.startMs!), "s")
-    }`,
-    `host setup share of boot to init, per round: ${stats(shares, "share")}`,
-    hostSetupLine(initx),
-    `boot to init: initx ${medianInit(initx)} s, QEMU ${
-      medianInit(peers.get(UNTUNED)!)
-    } s (ratio ${median(ratios(UNTUNED, toInit)).toFixed(2)}x), QEMU tuned ${
-      medianInit(peers.get(TUNED)!)
-    } s (ratio ${
-      median(ratios(TUNED, toInit)).toFixed(2)
-    }x; goal: at most 0.70x)`,
-  ];
-  console.log(`\n${lines.join("\n")}`);
+  console.log(`\n${summaryLines(initx, peers).join("\n")}`);
 } finally {
   hypervisor?.close();
   await Deno.remove(dir, { recursive: true });

@@ -1,8 +1,13 @@
 /**
- * The KVM API's numbers and struct layouts (x86_64), written once as data.
- * Source: `include/uapi/linux/kvm.h` and `arch/x86/include/uapi/asm/kvm.h`,
- * and Documentation/virt/kvm/api.rst. `ffi/kvm_test.ts` checks every size and
- * offset here against the machine's own `<linux/kvm.h>`.
+ * The KVM API's numbers and struct layouts, written once as data: the ones
+ * every architecture shares, those of x86_64, and those of arm64 (the
+ * `ARM64_*` and `KVM_ARM*` names). Source: `include/uapi/linux/kvm.h`,
+ * `arch/x86/include/uapi/asm/kvm.h`, `arch/arm64/include/uapi/asm/kvm.h`,
+ * Documentation/virt/kvm/api.rst and devices/arm-vgic-v3.rst.
+ * `ffi/kvm_test.ts` checks every size, offset and number here against
+ * `<linux/kvm.h>`: the machine's own for the shared and x86_64 ones, and the
+ * arm64 header (the machine's own on an arm64 host, else Debian's
+ * `linux-libc-dev-arm64-cross`) for the arm64 ones.
  *
  * @module
  */
@@ -285,6 +290,29 @@ export const kvm_irqfd = struct("kvm_irqfd", 32, {
   resamplefd: u32(12),
 });
 
+/** `struct kvm_one_reg`: one register for `KVM_GET_ONE_REG`/`KVM_SET_ONE_REG`. */
+export const kvm_one_reg = struct("kvm_one_reg", 16, {
+  id: u64(0),
+  /** The address of the value, whose size the id encodes. */
+  addr: u64(8),
+});
+
+/** `struct kvm_create_device`: `KVM_CREATE_DEVICE`'s argument; `fd` is out. */
+export const kvm_create_device = struct("kvm_create_device", 12, {
+  type: u32(0),
+  fd: u32(4),
+  flags: u32(8),
+});
+
+/** `struct kvm_device_attr`: one attribute of a KVM device. */
+export const kvm_device_attr = struct("kvm_device_attr", 24, {
+  flags: u32(0),
+  group: u32(4),
+  attr: u64(8),
+  /** The address of the value (its size depends on the group). */
+  addr: u64(16),
+});
+
 /** Every layout above, for the layout test. */
 export const ALL_STRUCTS: StructLayout[] = [
   kvm_regs,
@@ -308,6 +336,58 @@ export const ALL_STRUCTS: StructLayout[] = [
   kvm_clock_data,
   kvm_ioeventfd,
   kvm_irqfd,
+  kvm_one_reg,
+  kvm_create_device,
+  kvm_device_attr,
+];
+
+// ---------------------------------------------------------------------------
+// arm64 (arch/arm64/include/uapi/asm/kvm.h).
+
+/** `struct kvm_vcpu_init` (arm64): the target CPU and feature bitmap. */
+export const kvm_vcpu_init = struct("kvm_vcpu_init", 32, {
+  target: u32(0),
+  /** `__u32 features[7]`: bit `n` of the bitmap is bit `n % 32` of word `n / 32`. */
+  features: bytes(4),
+});
+
+/**
+ * `struct kvm_regs` of arm64, for the offsets `KVM_REG_ARM_CORE` register
+ * ids are made of (offset / 4). `regs` is `struct user_pt_regs`, whose `sp`
+ * is SP_EL0; `spsr[0]` is SPSR_EL1 (`KVM_SPSR_EL1`).
+ */
+export const arm64_kvm_regs = struct("kvm_regs", 864, {
+  "regs.regs": bytes(0),
+  "regs.sp": u64(248),
+  "regs.pc": u64(256),
+  "regs.pstate": u64(264),
+  sp_el1: u64(272),
+  elr_el1: u64(280),
+  spsr: bytes(288),
+  fp_regs: sub(336),
+});
+
+/**
+ * `struct kvm_run` members only arm64 has: the syndrome of a debug exit
+ * (`struct kvm_debug_exit_arch`). The rest is {@linkcode kvm_run}.
+ */
+export const arm64_kvm_run = struct("kvm_run", 2352, {
+  exit_reason: u32(8),
+  "debug.arch.hsr": u32(32),
+  "debug.arch.hsr_high": u32(36),
+  "debug.arch.far": u64(40),
+  "arm_nisv.esr_iss": u64(32),
+  "arm_nisv.fault_ipa": u64(40),
+});
+
+/** The arm64 layouts, for the layout test against the arm64 header. */
+export const ARM64_STRUCTS: StructLayout[] = [
+  kvm_vcpu_init,
+  arm64_kvm_regs,
+  arm64_kvm_run,
+  kvm_one_reg,
+  kvm_create_device,
+  kvm_device_attr,
 ];
 
 /** The ioctl type byte of KVM (`KVMIO`). */
@@ -355,6 +435,24 @@ export const KVM = {
   SET_XSAVE: iow(KVMIO, 0xa5, kvm_xsave.size),
   GET_XCRS: ior(KVMIO, 0xa6, kvm_xcrs.size),
   SET_XCRS: iow(KVMIO, 0xa7, kvm_xcrs.size),
+  GET_ONE_REG: iow(KVMIO, 0xab, kvm_one_reg.size),
+  SET_ONE_REG: iow(KVMIO, 0xac, kvm_one_reg.size),
+  // Device ioctls: KVM_CREATE_DEVICE on the VM fd, the others on the device's.
+  CREATE_DEVICE: iowr(KVMIO, 0xe0, kvm_create_device.size),
+  SET_DEVICE_ATTR: iow(KVMIO, 0xe1, kvm_device_attr.size),
+  GET_DEVICE_ATTR: iow(KVMIO, 0xe2, kvm_device_attr.size),
+  HAS_DEVICE_ATTR: iow(KVMIO, 0xe3, kvm_device_attr.size),
+} as const;
+
+/**
+ * The arm64-only ioctls (`struct kvm_vcpu_init` exists only there), by
+ * their C name less `KVM_`.
+ */
+export const KVM_ARM64 = {
+  /** vCPU: sets the target and features; before any register access or run. */
+  ARM_VCPU_INIT: iow(KVMIO, 0xae, kvm_vcpu_init.size),
+  /** VM: the target KVM suggests for this host's CPUs. */
+  ARM_PREFERRED_TARGET: ior(KVMIO, 0xaf, kvm_vcpu_init.size),
 } as const;
 
 /** The only KVM API version there has ever been (`KVM_API_VERSION`). */
@@ -373,6 +471,9 @@ export const KVM_CAP = {
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
   TSC_DEADLINE_TIMER: 72,
+  ONE_REG: 70,
+  DEVICE_CTRL: 89,
+  ARM_PSCI_0_2: 102,
 } as const;
 
 /** `KVM_EXIT_*` exit reasons. */
@@ -390,6 +491,12 @@ export const KVM_EXIT = {
   INTR: 10,
   INTERNAL_ERROR: 17,
   SYSTEM_EVENT: 24,
+  /**
+   * arm64: a data abort outside guest RAM without a valid syndrome, when
+   * `KVM_CAP_ARM_NISV_TO_USER` is enabled (initx leaves it off, and
+   * `KVM_RUN` fails with ENOSYS instead).
+   */
+  ARM_NISV: 28,
 } as const;
 
 /** `KVM_EXIT_IO_*` directions of a port I/O exit. */
@@ -402,6 +509,83 @@ export const KVM_SYSTEM_EVENT = {
   SHUTDOWN: 1,
   RESET: 2,
   CRASH: 3,
+} as const;
+
+/**
+ * `KVM_ARM_VCPU_*` feature bits of `kvm_vcpu_init.features` (arm64,
+ * api.rst "KVM_ARM_VCPU_INIT").
+ */
+export const KVM_ARM_VCPU_FEATURE = {
+  /** Start powered off, until a PSCI CPU_ON names the vCPU. */
+  POWER_OFF: 0,
+  /** In-kernel PSCI 0.2 (and later) over HVC. */
+  PSCI_0_2: 2,
+} as const;
+
+/** `KVM_DEV_TYPE_ARM_VGIC_V3`: the in-kernel GICv3 (`enum kvm_device_type`). */
+export const KVM_DEV_TYPE_ARM_VGIC_V3 = 7;
+
+/** Attribute groups and attributes of the GICv3 device (arm-vgic-v3.rst). */
+export const KVM_DEV_ARM_VGIC = {
+  /** `KVM_DEV_ARM_VGIC_GRP_ADDR`: base addresses; `attr` a `KVM_VGIC_V3_ADDR_TYPE_*`, value a u64. */
+  GRP_ADDR: 0,
+  /** `KVM_DEV_ARM_VGIC_GRP_NR_IRQS`: INTIDs including the 32 private ones, a u32 (64 to 1024, a multiple of 32). */
+  GRP_NR_IRQS: 3,
+  /** `KVM_DEV_ARM_VGIC_GRP_CTRL`. */
+  GRP_CTRL: 4,
+  /** `KVM_DEV_ARM_VGIC_CTRL_INIT`: after every vCPU was created, before any runs. */
+  CTRL_INIT: 0,
+} as const;
+
+/** `KVM_VGIC_V3_ADDR_TYPE_*`: the `attr` of `KVM_DEV_ARM_VGIC_GRP_ADDR`. */
+export const KVM_VGIC_V3_ADDR_TYPE = {
+  /** The distributor, `KVM_VGIC_V3_DIST_SIZE` (64 KiB) long, 64 KiB aligned. */
+  DIST: 2,
+  /** The redistributors, `KVM_VGIC_V3_REDIST_SIZE` (128 KiB) each, vCPU 0 first. */
+  REDIST: 3,
+} as const;
+
+/** `KVM_VGIC_V3_DIST_SIZE`: the GICv3 distributor's window. */
+export const KVM_VGIC_V3_DIST_SIZE = 0x1_0000n;
+/** `KVM_VGIC_V3_REDIST_SIZE`: one vCPU's redistributor window. */
+export const KVM_VGIC_V3_REDIST_SIZE = 0x2_0000n;
+
+/**
+ * The `irq` field of `KVM_IRQ_LINE` on arm64 (api.rst "KVM_IRQ_LINE"):
+ * `irq_type` in bits 27:24, `vcpu_index` in 23:16, `irq_id` in 15:0. For
+ * an SPI of the in-kernel GIC, `irq_id` is the INTID itself (32 to 1019),
+ * not the SPI's index.
+ */
+export const KVM_ARM_IRQ = {
+  TYPE_SHIFT: 24,
+  NUM_MASK: 0xffff,
+  /** `KVM_ARM_IRQ_TYPE_SPI`: a shared peripheral interrupt of the in-kernel GIC. */
+  TYPE_SPI: 1,
+} as const;
+
+/**
+ * Register id fields of `KVM_GET_ONE_REG`/`KVM_SET_ONE_REG` on arm64
+ * (api.rst "KVM_SET_ONE_REG", "ARM64 registers are mapped using the lower
+ * 32 bits").
+ */
+export const KVM_REG = {
+  /** `KVM_REG_ARM64`: the architecture. */
+  ARM64: 0x6000_0000_0000_0000n,
+  /** `KVM_REG_SIZE_U64`: a 64-bit register. */
+  SIZE_U64: 0x0030_0000_0000_0000n,
+  /** `KVM_REG_ARM_CORE`: a `struct kvm_regs` member; index = offset / 4. */
+  ARM_CORE: 0x0010n << 16n,
+  /** `KVM_REG_ARM64_SYSREG`: a system register by its MRS/MSR encoding. */
+  ARM64_SYSREG: 0x0013n << 16n,
+} as const;
+
+/** `KVM_REG_ARM64_SYSREG_*_SHIFT`: where the encoding fields go. */
+export const KVM_REG_ARM64_SYSREG_SHIFT = {
+  op0: 14n,
+  op1: 11n,
+  crn: 7n,
+  crm: 3n,
+  op2: 0n,
 } as const;
 
 /** `KVM_PIT_SPEAKER_DUMMY`: a dummy speaker port for the PIT. */

@@ -33,18 +33,32 @@ export const TEST_TOOLS: Record<string, string> = {
   "cc": "gcc",
   "xz": "xz-utils",
   "zstd": "zstd",
+  // Not a command: the arm64 uapi headers ffi/kvm_test.ts compiles against.
+  "/usr/aarch64-linux-gnu/include/asm/kvm.h": "linux-libc-dev-arm64-cross",
 };
 
+/** Whether `path` (absolute) is a file. */
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
 /**
- * Installs the packages behind any missing command of `tools` (and
- * busybox-static when `busybox` is wanted), with one apt-get call.
+ * Installs the packages behind any missing command of `tools` (a key that
+ * starts with `/` names a file instead of a command), and busybox-static
+ * when `busybox` is wanted, with one apt-get call.
  */
 export async function ensurePackages(
   tools: Record<string, string>,
   progress: (line: string) => void = (l) => console.error(l),
 ): Promise<void> {
   const missing = new Set(
-    Object.entries(tools).filter(([cmd]) => which(cmd) === undefined).map((
+    Object.entries(tools).filter(([cmd]) =>
+      cmd.startsWith("/") ? !isFile(cmd) : which(cmd) === undefined
+    ).map((
       [, pkg],
     ) => pkg),
   );

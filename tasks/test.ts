@@ -7,6 +7,11 @@
  * 3. End-to-end tests (`tests/e2e/*_test.ts`) boot real Linux guests: on the
  *    host when its KVM is hardware-backed, else inside the KVM lab.
  *
+ * 4. arm64 tests (`*_aarch64_test.ts`: the KVM arm64 backend's tiny guests,
+ *    an arm64 Linux boot) need arm64 KVM: on the host when it is an arm64
+ *    host with hardware KVM, else inside the arm64 KVM lab (emulated, slow:
+ *    keep them few).
+ *
  * Beside them, the lab's own tests (`*_lab_test.ts`) boot the KVM lab under
  * QEMU: they drive it from the host, always on the host (never inside the
  * lab), after the unit tests.
@@ -62,8 +67,10 @@ const kvm = all.filter((f) => f.endsWith("_kvm_test.ts") && !e2e.includes(f));
 const labTests = all.filter((f) =>
   f.endsWith("_lab_test.ts") && !e2e.includes(f)
 );
+const arm64 = all.filter((f) => f.endsWith("_aarch64_test.ts"));
 const unit = all.filter((f) =>
-  !e2e.includes(f) && !kvm.includes(f) && !labTests.includes(f)
+  !e2e.includes(f) && !kvm.includes(f) && !labTests.includes(f) &&
+  !arm64.includes(f)
 );
 
 await ensurePackages(TEST_TOOLS);
@@ -71,10 +78,14 @@ await ensurePackages(TEST_TOOLS);
 const host = detectKvmHost();
 const kvmWhere = forced ?? (host.canOpen ? "host" : "lab");
 const e2eWhere = forced ?? (host.kind === "hardware" ? "host" : "lab");
+const arm64Where = forced ??
+  (Deno.build.arch === "aarch64" && host.kind === "hardware" ? "host" : "lab");
 console.error(
   `tests: KVM on this host: ${host.kind} (${host.reason}); hypervisor tests run on the ${
     kvmWhere === "host" ? "host" : "KVM lab"
-  }, end-to-end tests on the ${e2eWhere === "host" ? "host" : "KVM lab"}`,
+  }, end-to-end tests on the ${
+    e2eWhere === "host" ? "host" : "KVM lab"
+  }, arm64 tests on the ${arm64Where === "host" ? "host" : "arm64 KVM lab"}`,
 );
 
 const SUMMARY =
@@ -159,7 +170,11 @@ async function onHost(phase: string, files: string[]) {
   account(phase, text, (await child.status).code, files.length);
 }
 
-async function inLab(phase: string, files: string[]) {
+async function inLab(
+  phase: string,
+  files: string[],
+  arch: "x86_64" | "aarch64" = "x86_64",
+) {
   if (files.length === 0) return;
   let text = "";
   let decoder = new TextDecoder();
@@ -175,14 +190,17 @@ async function inLab(phase: string, files: string[]) {
       log: (line) => console.error(`tests: ${line}`),
       onAttempt: () => {
         console.error(
-          `tests: ${phase} inside the KVM lab (${files.length} files)`,
+          `tests: ${phase} inside the ${
+            arch === "x86_64" ? "" : `${arch} `
+          }KVM lab (${files.length} files)`,
         );
         text = "";
         decoder = new TextDecoder();
       },
       cwd: PROJECT_ROOT,
+      arch,
       env: testEnv,
-      files: labInputs,
+      files: arch === "x86_64" ? labInputs : {},
       timeoutSeconds: 2400,
       output: (bytes) => {
         Deno.stdout.writeSync(bytes);
@@ -208,6 +226,8 @@ await inLab(
   ].filter((x) => x).join(" and ") + " tests",
   labFiles,
 );
+if (arm64Where === "host") await onHost("arm64 tests", arm64);
+else await inLab("arm64 tests", arm64, "aarch64");
 
 if (totals.phasesFailed.length > 0) {
   console.error(`tests: failed: ${totals.phasesFailed.join(", ")}`);

@@ -1,31 +1,20 @@
 /**
- * Booting a Linux kernel on x86_64: the boot plan of `boot/linux_x86.ts`,
- * the ACPI tables of `boot/acpi.ts`, a 16550 UART on COM1 and the platform
- * registers, put together on a hypervisor VM. The run ends in one typed
- * {@linkcode LinuxVmOutcome}: power-off, reboot, panic, triple fault,
- * timeout, or an error.
+ * Booting a Linux kernel on a hypervisor VM: the architecture's machine
+ * (`machine_x86.ts`: bzImage, ACPI, a 16550 on COM1 and the platform ports;
+ * `machine_arm64.ts`: Image, a device tree, a 16550 over MMIO, PSCI), the
+ * console UART and the virtio-mmio devices, put together. The run ends in
+ * one typed {@linkcode LinuxVmOutcome}: power-off, reboot, panic, triple
+ * fault, timeout, or an error.
  *
- * vCPU 0 starts in long mode at the kernel's 64-bit entry; the others wait in
- * the in-kernel LAPIC for the INIT/SIPI the kernel sends them. Port I/O exits
- * reach the devices on this thread.
+ * The other vCPUs start before vCPU 0 and wait for the kernel to start them
+ * (INIT/SIPI on x86_64, PSCI CPU_ON on arm64). Device exits reach the
+ * devices on this thread.
  *
  * @module
  */
 
-import { buildAcpiTables } from "../boot/acpi.ts";
-import {
-  guestRamRegions,
-  MIB,
-  SERIAL_COM1_IRQ,
-  SERIAL_COM1_PORT,
-  virtioMmioWindow,
-} from "../boot/layout.ts";
-import {
-  buildX86Boot,
-  parseX86SetupHeader,
-  type X86Segment,
-} from "../boot/linux_x86.ts";
-import { Platform, POST_CODE_PORT } from "../devices/platform.ts";
+import { MIB } from "../boot/layout.ts";
+import { Platform } from "../devices/platform.ts";
 import { Serial } from "../devices/serial.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
 import { VirtioMmioTransport } from "../devices/virtio/mmio.ts";
@@ -36,20 +25,35 @@ import {
   type Hypervisor,
   type IoAccess,
   type MmioAccess,
-  type Segment,
   type VcpuOutcome,
-  type X86Sregs,
 } from "../hv/hv.ts";
+import type { Arch } from "../ir/syscalls.ts";
+import { hostGuestArch, type MachinePlan, type UartBus } from "./machine.ts";
+import { ARM64_CMDLINE, arm64Machine } from "./machine_arm64.ts";
+import { checkKernelImage, X86_CMDLINE, x86Machine } from "./machine_x86.ts";
+
+export { checkKernelImage } from "./machine_x86.ts";
 
 /**
- * Default kernel command line: serial console, reboot through the i8042
- * (no firmware), reboot at once on panic, and fewer things probed at boot
- * (no PCI, one UART, no PS/2 devices, no crypto self-tests, no timer IRQ
- * check).
+ * The kernel command line initx boots `arch` with (default: this host's
+ * guests) when none is given.
+ *
+ * @example
+ * ```ts
+ * import { defaultCmdline } from "./linux_vm.ts";
+ * console.assert(defaultCmdline("aarch64").startsWith("console=ttyS0"));
+ * ```
  */
-export const DEFAULT_CMDLINE: string =
-  "console=ttyS0 reboot=k panic=-1 quiet pci=off no_timer_check " +
-  "8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests";
+export function defaultCmdline(arch: Arch = hostGuestArch()): string {
+  return arch === "aarch64" ? ARM64_CMDLINE : X86_CMDLINE;
+}
+
+/**
+ * Default kernel command line of this host's guests: serial console, reboot
+ * at once on panic, and fewer things probed at boot (see `machine_x86.ts`
+ * and `machine_arm64.ts`).
+ */
+export const DEFAULT_CMDLINE: string = defaultCmdline();
 /** Default guest RAM in MiB. */
 export const DEFAULT_MEMORY_MIB = 512;
 /**
@@ -69,12 +73,13 @@ const CONSOLE_FLUSH_MS = 5;
 const PANIC_MARKER = "Kernel panic - not syncing";
 /** Printed by the bzImage decompressor when it gives up (then it halts). */
 const DECOMPRESSOR_HALT_MARKER = "-- System halted";
-/** x86 boot protocol: syssize (u32), protected-mode size in 16-byte units. */
-const HDR_SYSSIZE = 0x1f4;
 
 /** Options of {@linkcode LinuxVm.start} and {@linkcode bootLinux}. */
 export interface LinuxVmOptions {
-  /** A bzImage, as bytes or a path. */
+  /**
+   * The kernel, as bytes or a path: a bzImage on x86_64, an arm64 `Image`
+   * (plain, gzip'd or an EFI zboot with gzip) on arm64.
+   */
   kernel: Uint8Array | string;
   /** An initramfs (`newc` cpio, optionally compressed), as bytes or a path. */
   initrd?: Uint8Array | string;
@@ -93,8 +98,9 @@ export interface LinuxVmOptions {
    */
   onConsole?: (bytes: Uint8Array) => void;
   /**
-   * virtio devices, each behind a virtio-mmio window described in the DSDT
-   * (`LNRO0005`), in order from window 0, with an edge-triggered interrupt.
+   * virtio devices, each behind a virtio-mmio window described to the guest
+   * (in the DSDT as `LNRO0005` on x86_64, in the device tree on arm64), in
+   * order from window 0, with an edge-triggered interrupt.
    */
   virtioDevices?: readonly VirtioDevice[];
   /**
@@ -112,6 +118,11 @@ export interface LinuxVmOptions {
    * {@linkcode LinuxVm.close}; a hypervisor given here stays open.
    */
   hypervisor?: Hypervisor;
+  /**
+   * The guest architecture; default: this host's (KVM and
+   * Hypervisor.framework run guests of their host's architecture).
+   */
+  arch?: Arch;
 }
 
 /** How a Linux VM's run ended. A closed union: switch on `kind`. */
@@ -171,7 +182,8 @@ export class LinuxVm {
   #vcpus: HvVcpu[] = [];
   #console: ConsoleLog;
   #serial: Serial;
-  #platform: Platform;
+  #uart: UartBus;
+  #platform: Platform | undefined;
   #mmioDevices: {
     base: bigint;
     end: bigint;
@@ -190,12 +202,14 @@ export class LinuxVm {
 
   private constructor(
     vm: HvVm,
+    plan: MachinePlan,
     options: {
       ownedHypervisor?: Hypervisor;
       onConsole?: LinuxVmOptions["onConsole"];
     },
   ) {
     this.#vm = vm;
+    this.#uart = plan.uart.bus;
     this.#ownedHypervisor = options.ownedHypervisor;
     this.done = new Promise((r) => this.#resolve = r);
     this.#console = new ConsoleLog({
@@ -203,24 +217,28 @@ export class LinuxVm {
       onText: (recent) => this.#watch(recent),
     });
     this.#serial = new Serial({
-      trigger: () => this.#pulseIrq(SERIAL_COM1_IRQ),
+      trigger: () => this.#pulseIrq(plan.uart.irq),
       out: (bytes) => this.#console.push(bytes),
     });
-    this.#platform = new Platform({
-      powerOff: () => this.#end({ kind: "power-off" }),
-      reset: () => this.#end({ kind: "reboot" }),
-    });
+    if (plan.platformPorts) {
+      this.#platform = new Platform({
+        powerOff: () => this.#end({ kind: "power-off" }),
+        reset: () => this.#end({ kind: "reboot" }),
+      });
+    }
   }
 
   /**
    * Loads the kernel (and initrd), creates the VM and starts its vCPUs.
-   * Throws `Cannot load kernel: ...` for an image that is not a complete
-   * 64-bit bzImage and `Cannot read ...` for a file that cannot be read;
-   * these checks run before any hypervisor is opened.
+   * Throws `Cannot load kernel: ...` (`Cannot load arm64 kernel: ...`) for
+   * an image that is not a complete 64-bit bzImage (arm64 Image) and
+   * `Cannot read ...` for a file that cannot be read; these checks run
+   * before any hypervisor is opened.
    */
   static async start(options: LinuxVmOptions): Promise<LinuxVm> {
+    const arch = options.arch ?? hostGuestArch();
     const kernel = await readInput("kernel", options.kernel);
-    checkKernelImage(kernel);
+    if (arch === "x86_64") checkKernelImage(kernel);
     const initrd = options.initrd === undefined
       ? undefined
       : await readInput("initrd", options.initrd);
@@ -242,17 +260,17 @@ export class LinuxVm {
     }
     const memoryBytes = BigInt(memoryMiB) * MIB;
     const devices = options.virtioDevices ?? [];
-    const windows = Array.from(
-      { length: devices.length + (options.virtioMmioWindows ?? 0) },
-      (_, i) => virtioMmioWindow(i),
-    );
-    const plan = buildX86Boot(kernel, {
-      memoryBytes,
-      cmdline: options.cmdline ?? DEFAULT_CMDLINE,
+    const machine = {
+      kernel,
       initrd,
+      cmdline: options.cmdline ?? defaultCmdline(arch),
       cpus,
-      acpiTables: buildAcpiTables({ cpus, virtioMmio: windows }),
-    });
+      memoryBytes,
+      windows: devices.length + (options.virtioMmioWindows ?? 0),
+    };
+    const plan = arch === "aarch64"
+      ? await arm64Machine(machine)
+      : x86Machine(machine);
 
     let hypervisor = options.hypervisor;
     let owned: Hypervisor | undefined;
@@ -269,7 +287,7 @@ export class LinuxVm {
       // handle.
       owned?.close();
     }
-    const linux = new LinuxVm(vm, {
+    const linux = new LinuxVm(vm, plan, {
       ownedHypervisor: owned,
       onConsole: options.onConsole,
     });
@@ -277,28 +295,29 @@ export class LinuxVm {
       io: (a: IoAccess) => linux.#io(a),
       mmio: (a: MmioAccess) => linux.#mmio(a),
     };
-    const sinkPorts = [POST_CODE_PORT];
     let others: Promise<void>[] = [];
     try {
       // The other vCPUs first, all at once, so that their threads get ready
-      // in parallel and while guest memory is filled below. They wait in the
-      // in-kernel LAPIC for the INIT/SIPI that vCPU 0 sends, so they must
-      // all exist before vCPU 0 runs.
+      // in parallel and while guest memory is filled below. They wait for
+      // vCPU 0's kernel to start them (in the in-kernel LAPIC for INIT/SIPI
+      // on x86_64, powered off until PSCI CPU_ON on arm64), so they must all
+      // exist before vCPU 0 runs.
       others = Array.from({ length: cpus - 1 }, async (_, i) => {
         const id = cpus - 1 - i;
-        const vcpu = await vm.startVcpu(id, { handlers, sinkPorts });
+        const vcpu = await vm.startVcpu(id, {
+          ...plan.secondaryVcpu(id),
+          handlers,
+        });
         linux.#vcpus.push(vcpu);
         vcpu.done.then((o) => linux.#vcpuEnded(id, o));
       });
-      for (const r of guestRamRegions(memoryBytes)) {
-        vm.addMemory(r.start, r.size);
-      }
+      for (const r of plan.ram) vm.addMemory(r.base, r.size);
       for (const w of plan.writes) vm.memory.writeExact(w.addr, w.bytes);
       devices.forEach((device, i) => {
-        const w = windows[i]!;
+        const w = plan.windows[i]!;
         const transport = new VirtioMmioTransport(device, {
           memory: () => vm.memory,
-          interrupt: () => linux.#pulseIrq(w.gsi),
+          interrupt: () => linux.#pulseIrq(w.irq),
           onError: (message) => {
             try {
               options.onDeviceError?.(message);
@@ -317,12 +336,7 @@ export class LinuxVm {
       // A vCPU that already failed ended the run: start no more.
       if (!linux.#ended) {
         linux.#startedAt = performance.now();
-        const vcpu = await vm.startVcpu(0, {
-          regs: plan.cpu.regs,
-          sregs: toHvSregs(plan.cpu.sregs),
-          handlers,
-          sinkPorts,
-        });
+        const vcpu = await vm.startVcpu(0, { ...plan.bootVcpu, handlers });
         linux.#vcpus.push(vcpu);
         vcpu.done.then((o) => linux.#vcpuEnded(0, o));
       }
@@ -374,11 +388,14 @@ export class LinuxVm {
 
   #io(a: IoAccess): void {
     const value = a.data[0] ?? 0;
-    if (a.port >= SERIAL_COM1_PORT && a.port < SERIAL_COM1_PORT + 8) {
-      const offset = a.port - SERIAL_COM1_PORT;
+    const uart = this.#uart;
+    if (
+      uart.kind === "port" && a.port >= uart.base && a.port < uart.base + 8
+    ) {
+      const offset = a.port - uart.base;
       if (a.direction === "in") a.data[0] = this.#serial.read(offset);
       else this.#serial.write(offset, value);
-    } else if (this.#platform.handles(a.port)) {
+    } else if (this.#platform?.handles(a.port)) {
       if (a.direction === "in") a.data.fill(this.#platform.read(a.port));
       else this.#platform.write(a.port, value);
     }
@@ -386,6 +403,17 @@ export class LinuxVm {
   }
 
   #mmio(a: MmioAccess): void {
+    const uart = this.#uart;
+    if (
+      uart.kind === "mmio" && a.addr >= uart.base && a.addr < uart.base + 8n
+    ) {
+      // Byte-wide registers (reg-io-width 1): a wider access reaches the
+      // register at its address, the other bytes read as zero.
+      const offset = Number(a.addr - uart.base);
+      if (a.isWrite) this.#serial.write(offset, a.data[0] ?? 0);
+      else a.data[0] = this.#serial.read(offset);
+      return;
+    }
     for (const d of this.#mmioDevices) {
       if (a.addr >= d.base && a.addr < d.end) {
         const offset = Number(a.addr - d.base);
@@ -541,34 +569,6 @@ export async function bootLinux(
   }
 }
 
-/**
- * Checks that `kernel` is a whole 64-bit bzImage: a valid setup header (see
- * `parseX86SetupHeader`) and as many protected-mode bytes as the header's
- * `syssize` announces, so that a truncated download fails here and not in
- * the guest's decompressor.
- *
- * @example
- * ```ts
- * import { checkKernelImage } from "./linux_vm.ts";
- * try {
- *   checkKernelImage(new Uint8Array(4096));
- * } catch (e) {
- *   console.assert((e as Error).message.startsWith("Cannot load kernel"));
- * }
- * ```
- */
-export function checkKernelImage(kernel: Uint8Array): void {
-  const header = parseX86SetupHeader(kernel);
-  const view = new DataView(kernel.buffer, kernel.byteOffset, kernel.length);
-  const expected = header.kernelOffset +
-    view.getUint32(HDR_SYSSIZE, true) * 16;
-  if (kernel.length < expected) {
-    throw new Error(
-      `Cannot load kernel: file of ${kernel.length} bytes is truncated (its header announces ${expected} bytes)`,
-    );
-  }
-}
-
 async function readInput(
   what: "kernel" | "initrd",
   input: Uint8Array | string,
@@ -582,45 +582,6 @@ async function readInput(
       { cause: e },
     );
   }
-}
-
-function toHvSegment(s: X86Segment): Segment {
-  const bit = (b: boolean) => (b ? 1 : 0);
-  return {
-    base: s.base,
-    limit: s.limit,
-    selector: s.selector,
-    type: s.type,
-    present: bit(s.present),
-    dpl: s.dpl,
-    db: bit(s.db),
-    s: bit(s.s),
-    l: bit(s.l),
-    g: bit(s.g),
-    avl: bit(s.avl),
-    unusable: bit(s.unusable),
-  };
-}
-
-function toHvSregs(
-  s: ReturnType<typeof buildX86Boot>["cpu"]["sregs"],
-): Partial<X86Sregs> {
-  return {
-    cs: toHvSegment(s.cs),
-    ds: toHvSegment(s.ds),
-    es: toHvSegment(s.es),
-    fs: toHvSegment(s.fs),
-    gs: toHvSegment(s.gs),
-    ss: toHvSegment(s.ss),
-    tr: toHvSegment(s.tr),
-    ldt: toHvSegment(s.ldt),
-    gdt: s.gdt,
-    idt: s.idt,
-    cr0: s.cr0,
-    cr3: s.cr3,
-    cr4: s.cr4,
-    efer: s.efer,
-  };
 }
 
 /**

@@ -34,7 +34,8 @@ import {
 import { loadInitModules } from "./busybox_guest.ts";
 import { ExitError, VmTerminatedError } from "./errors.ts";
 import { buildInitElf, DEFAULT_ENV, type InitModule } from "./init.ts";
-import { DEFAULT_CMDLINE, LinuxVm, type LinuxVmResult } from "./linux_vm.ts";
+import { defaultCmdline, LinuxVm, type LinuxVmResult } from "./linux_vm.ts";
+import { hostGuestArch } from "./machine.ts";
 import { buildExecProgram, vsockAddress } from "./program_loop.ts";
 import { VsockProgramServer } from "./program_server.ts";
 
@@ -261,9 +262,9 @@ export class VirtualMachine {
     return Promise.resolve(new VirtualMachine(options));
   }
 
-  /** The guest architecture. */
+  /** The guest architecture: the host's (KVM and Hypervisor.framework run guests of their own). */
   get architecture(): Arch {
-    return "x86_64";
+    return hostGuestArch();
   }
 
   /**
@@ -342,7 +343,7 @@ export class VirtualMachine {
     }
     options.signal?.throwIfAborted();
     const cmdline = [
-      DEFAULT_CMDLINE,
+      defaultCmdline(arch),
       o.dmesg ? "" : QUIET_LOGLEVEL,
       o.cmdline ?? "",
     ].filter((a) => a).join(" ");
@@ -361,6 +362,7 @@ export class VirtualMachine {
       ],
       onDeviceError: (message) => o.debug?.(`device: ${message}`),
       hypervisor: o.hypervisor,
+      arch,
     });
     this.#linux = linux;
     void linux.done.then((result) => {

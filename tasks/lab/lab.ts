@@ -10,8 +10,8 @@
  * docs/testing.md.
  *
  * The lab boots from one initramfs made of two concatenated `newc` archives:
- * a cached base (busybox, the KVM modules, deno, QEMU for the nested peer on
- * x86_64, and their shared libraries) and a small per-run overlay (the
+ * a cached base (busybox, the KVM modules, deno, QEMU for the nested peer
+ * when carried, and their shared libraries) and a small per-run overlay (the
  * project tree, the command and its environment). Output streams live from
  * the lab's serial console; the command's exit status comes back on a marker
  * line; files the command leaves in the lab's `/out` come back as a base64
@@ -24,11 +24,12 @@ import { basename, dirname, join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { ensureLabKernel, type LabKernel } from "./kernel.ts";
 import { LAB_MACHINES, type LabArch, labQemuArgs } from "./arch.ts";
-import { labPayload } from "./payload.ts";
+import { labCarriesPeer, labPayload } from "./payload.ts";
 import { ensurePackages } from "../_packages.ts";
 import { resolveModules } from "../../src/boot/modules.ts";
 
 export type { LabArch } from "./arch.ts";
+export type { LabKernel } from "./kernel.ts";
 
 /**
  * Start of the marker lines the lab's init prints (command start, files out,
@@ -77,6 +78,12 @@ export interface LabOptions {
   files?: Record<string, string>;
   /** Progress messages (building the initramfs, booting); default: stderr. */
   progress?: (line: string) => void;
+  /**
+   * Carry QEMU (`qemu-system-<arch>`, on the lab's PATH) for a nested peer
+   * to compare with. Default: on x86_64 yes, on aarch64 no (QEMU is fetched
+   * then, and makes every lab boot unpack about 50 MB more).
+   */
+  peer?: boolean;
 }
 
 /** What a lab run ended with. */
@@ -199,17 +206,29 @@ function hashOf(parts: string[]): string {
   );
 }
 
+/** Options of {@linkcode ensureBaseInitramfs}. */
+export interface BaseInitramfsOptions {
+  /** Carry QEMU for a nested peer; default as {@linkcode LabOptions.peer}. */
+  peer?: boolean;
+}
+
 /**
  * Builds (or reuses) the cached base initramfs for `kernel`'s architecture
- * and returns its path.
+ * and returns its path. A base with QEMU and one without have different
+ * keys (the payload's key names the QEMU it carries), so both stay cached.
  */
 export async function ensureBaseInitramfs(
   kernel: LabKernel,
   progress: (line: string) => void,
+  options: BaseInitramfsOptions = {},
 ): Promise<string> {
   const machine = LAB_MACHINES[kernel.arch];
   const cache = labCacheDir();
-  const payload = await labPayload(kernel.arch, { cacheDir: cache, progress });
+  const payload = await labPayload(kernel.arch, {
+    cacheDir: cache,
+    progress,
+    peer: options.peer ?? labCarriesPeer(kernel.arch),
+  });
   const key = hashOf([
     LAB_INIT,
     ...GUEST_MODULES,
@@ -389,7 +408,9 @@ export async function runInLab(
   const machine = LAB_MACHINES[arch];
   await ensurePackages(machine.hostTools, progress);
   const kernel = await ensureLabKernel(progress, { arch });
-  const base = await ensureBaseInitramfs(kernel, progress);
+  const base = await ensureBaseInitramfs(kernel, progress, {
+    peer: options.peer,
+  });
 
   const cache = labCacheDir();
   const work = await Deno.makeTempDir({ dir: cache, prefix: "run-" });

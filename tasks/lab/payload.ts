@@ -10,7 +10,11 @@
  *   libgcc and `busybox-static` from Debian's `arm64` packages. No arm64
  *   `ldd` runs here, so the libraries are the closure of the ELF files'
  *   `NEEDED` entries (and `deno`'s program interpreter) as `readelf` reads
- *   them, found in the unpacked packages' library folders.
+ *   them, found in the unpacked packages' library folders. QEMU comes only
+ *   when asked (`peer`: it is big, and every lab boot unpacks it):
+ *   `qemu-system-aarch64` from Debian's `qemu-system-arm:arm64`, fetched
+ *   with the packages `apt-cache depends` says it needs, all unpacked into
+ *   one root with the rest so that every program gets the same glibc.
  *
  * @module
  */
@@ -20,6 +24,8 @@ import { LAB_MACHINES, type LabArch } from "./arch.ts";
 import { ensureDebianArch, ensureDebianRoot } from "./debian.ts";
 import { which } from "../_packages.ts";
 import { requireStaticBusybox } from "../../src/initx/busybox_guest.ts";
+
+export type { LabArch };
 
 /**
  * One file of the lab's base initramfs: a copy of a host file, or a
@@ -46,6 +52,26 @@ export interface LabPayloadOptions {
   cacheDir: string;
   /** Progress messages (downloads). */
   progress: (line: string) => void;
+  /**
+   * Carry QEMU (`qemu-system-<arch>` and its libraries) for a nested peer;
+   * default {@linkcode labCarriesPeer}.
+   */
+  peer?: boolean;
+}
+
+/**
+ * Whether the lab of `arch` carries QEMU when not told: the x86_64 lab
+ * always has (the host's own, a copy), the aarch64 one only when asked
+ * (fetched, and about 50 MB more for every lab boot to unpack).
+ *
+ * @example
+ * ```ts
+ * import { labCarriesPeer } from "./payload.ts";
+ * console.assert(labCarriesPeer("x86_64") && !labCarriesPeer("aarch64"));
+ * ```
+ */
+export function labCarriesPeer(arch: LabArch): boolean {
+  return arch === "x86_64";
 }
 
 /** `e_machine` of each lab architecture (System V ABI, ELF header). */
@@ -66,6 +92,14 @@ const AARCH64 = {
   debs: ["libc6:arm64", "libgcc-s1:arm64", "busybox-static:arm64"],
   /** npm package holding deno's aarch64 Linux binary. */
   denoNpm: "@deno/linux-arm64-glibc",
+  /** Debian package holding `qemu-system-aarch64`, for the nested peer. */
+  peerDeb: "qemu-system-arm:arm64",
+  /**
+   * Dependencies of `peerDeb` not followed: QEMU's helpers and their data
+   * (bridge helper, virtiofsd, vhost-user GPU), whose own libraries (sound,
+   * SPICE, USB redirection, GBM) `qemu-system-aarch64` does not load.
+   */
+  peerSkip: ["qemu-system-common:arm64"],
   /** Where Debian puts arm64 libraries, searched in this order (ld.so's). */
   libraryDirs: [
     "lib/aarch64-linux-gnu",
@@ -117,11 +151,12 @@ export async function labPayload(
   arch: LabArch,
   options: LabPayloadOptions,
 ): Promise<LabPayload> {
+  const peer = options.peer ?? labCarriesPeer(arch);
   switch (arch) {
     case "x86_64":
-      return await hostPayload();
+      return await hostPayload(peer);
     case "aarch64":
-      return await aarch64Payload(options);
+      return await aarch64Payload(options, peer);
     default: {
       const never: never = arch;
       throw new Error(`Cannot build the KVM lab for "${never}"`);
@@ -129,31 +164,36 @@ export async function labPayload(
   }
 }
 
-async function hostPayload(): Promise<LabPayload> {
+async function hostPayload(peer: boolean): Promise<LabPayload> {
   if (Deno.build.arch !== "x86_64") {
     throw new Error(
       `Cannot build the x86_64 lab on an ${Deno.build.arch} host: it carries the host's own deno and QEMU`,
     );
   }
   const deno = Deno.execPath();
-  const qemu = which("qemu-system-x86_64");
-  if (qemu === undefined) {
+  const qemu = peer ? which("qemu-system-x86_64") : undefined;
+  if (peer && qemu === undefined) {
     throw new Error(
       "Cannot build the x86_64 lab: qemu-system-x86_64 is not installed (Debian package qemu-system-x86)",
     );
   }
   const busybox = requireStaticBusybox();
+  const programs = qemu === undefined ? [deno] : [deno, qemu];
   return {
     busybox,
-    key: [await statKey(deno), await statKey(qemu), await statKey(busybox)],
+    key: [
+      ...await Promise.all(programs.map(statKey)),
+      await statKey(busybox),
+    ],
     files: async (progress) => {
       const files: LabFile[] = [];
-      for (const bin of [deno, qemu]) {
+      for (const bin of programs) {
         files.push({ lab: join("usr/bin", bin.split("/").pop()!), host: bin });
         for (const lib of await sharedLibraries(bin)) {
           files.push({ lab: lib, host: lib });
         }
       }
+      if (qemu === undefined) return files;
       for (const fw of QEMU_FIRMWARE) {
         const host = join("/usr/share/qemu", fw);
         if (await exists(host)) files.push({ lab: host, host });
@@ -180,10 +220,15 @@ async function sharedLibraries(binary: string): Promise<string[]> {
 
 async function aarch64Payload(
   options: LabPayloadOptions,
+  peer: boolean,
 ): Promise<LabPayload> {
   const dir = join(options.cacheDir, "aarch64");
-  await ensureDebianArch(LAB_MACHINES.aarch64.debianArch, options.progress);
-  const root = await ensureDebianRoot(dir, AARCH64.debs, options.progress);
+  const debianArch = LAB_MACHINES.aarch64.debianArch;
+  await ensureDebianArch(debianArch, options.progress);
+  const debs = peer
+    ? [...new Set([...AARCH64.debs, ...await aarch64PeerDebs(debianArch)])]
+    : AARCH64.debs;
+  const root = await ensureDebianRoot(dir, debs, options.progress);
   const deno = await ensureNpmBinary(AARCH64.denoNpm, {
     version: Deno.version.deno,
     binary: "deno",
@@ -193,20 +238,184 @@ async function aarch64Payload(
   });
   const busybox = join(root, "bin/busybox");
   await requireElf(busybox, ELF_MACHINE.aarch64);
+  const qemuLab = join("usr/bin", LAB_MACHINES.aarch64.qemu);
+  const qemu = peer ? join(root, qemuLab) : undefined;
+  if (qemu !== undefined) await requireElf(qemu, ELF_MACHINE.aarch64);
   return {
     busybox,
     key: [
       await statKey(deno),
       await Deno.readTextFile(join(root, ".debs")),
+      ...(qemu === undefined ? [] : [`peer ${await statKey(qemu)}`]),
     ],
-    files: async () => [
-      { lab: "usr/bin/deno", host: deno },
-      ...await libraryClosure(deno, {
-        root,
-        libraryDirs: AARCH64.libraryDirs,
-      }),
-    ],
+    files: async () => {
+      const closure = (binary: string) =>
+        libraryClosure(binary, { root, libraryDirs: AARCH64.libraryDirs });
+      const files: LabFile[] = [
+        { lab: "usr/bin/deno", host: deno },
+        ...await closure(deno),
+      ];
+      if (qemu !== undefined) {
+        files.push({ lab: qemuLab, host: qemu }, ...await closure(qemu));
+      }
+      return uniqueLabFiles(files);
+    },
   };
+}
+
+/**
+ * The Debian packages `qemu-system-aarch64` needs to run: its package and
+ * what that depends on, of `debianArch` and recursively, but for
+ * `AARCH64.peerSkip`.
+ */
+async function aarch64PeerDebs(debianArch: string): Promise<string[]> {
+  const graph = parseAptDepends(await aptCacheDepends(AARCH64.peerDeb));
+  return packageClosure(graph, AARCH64.peerDeb, {
+    arch: debianArch,
+    skip: AARCH64.peerSkip,
+  });
+}
+
+/**
+ * `files` with each lab path once (the first entry for it), as programs
+ * that share libraries list them twice.
+ */
+function uniqueLabFiles(files: readonly LabFile[]): LabFile[] {
+  const byLab = new Map<string, LabFile>();
+  for (const f of files) {
+    const key = f.lab.replace(/^\/+/, "");
+    if (!byLab.has(key)) byLab.set(key, f);
+  }
+  return [...byLab.values()];
+}
+
+/**
+ * What `apt-cache depends --recurse` prints for `name`: every package it
+ * depends on (`Depends`, `Pre-Depends`), recursively; recommendations and
+ * the other relations left out.
+ */
+async function aptCacheDepends(name: string): Promise<string> {
+  return await run([
+    "apt-cache",
+    "depends",
+    "--recurse",
+    "--no-recommends",
+    "--no-suggests",
+    "--no-conflicts",
+    "--no-breaks",
+    "--no-replaces",
+    "--no-enhances",
+    name,
+  ]);
+}
+
+/**
+ * Reads what `apt-cache depends --recurse` prints into each package's
+ * dependencies (`Depends` and `PreDepends`), as apt would satisfy them: of
+ * alternatives (`a | b`, printed `|Depends: a` then `Depends: b`) the
+ * first, and a virtual package (`<name>`) by its first provider, listed
+ * below it. A virtual package nobody provides is left out.
+ *
+ * @example
+ * ```ts
+ * import { parseAptDepends } from "./payload.ts";
+ * const graph = parseAptDepends(
+ *   "qemu:arm64\n" +
+ *     "  Depends: libc6:arm64\n" +
+ *     " |Depends: libx:arm64\n" +
+ *     "  Depends: liby:arm64\n" +
+ *     "libc6:arm64\n",
+ * );
+ * console.assert(graph.get("qemu:arm64")!.join() === "libc6:arm64,libx:arm64");
+ * ```
+ */
+export function parseAptDepends(text: string): Map<string, string[]> {
+  const graph = new Map<string, string[]>();
+  let deps: string[] = [];
+  /** Inside an OR group whose first alternative is already taken. */
+  let inGroup = false;
+  /** The dependency just read is virtual: its first provider stands for it. */
+  let wantProvider = false;
+  for (const line of text.split("\n")) {
+    if (line.trim() === "") continue;
+    if (!line.startsWith(" ")) {
+      deps = [];
+      graph.set(line.trim(), deps);
+      inGroup = wantProvider = false;
+      continue;
+    }
+    const dep = /^ ([| ])([A-Za-z-]+): (\S+)$/.exec(line);
+    if (dep === null) {
+      // A provider of the virtual package above, indented further.
+      if (wantProvider) deps.push(line.trim());
+      wantProvider = false;
+      continue;
+    }
+    const taken = inGroup;
+    inGroup = dep[1] === "|"; // the group's last alternative has no bar
+    wantProvider = false;
+    if (taken || (dep[2] !== "Depends" && dep[2] !== "PreDepends")) continue;
+    const name = dep[3]!;
+    if (name.startsWith("<")) wantProvider = true;
+    else deps.push(name);
+  }
+  return graph;
+}
+
+/** Options of {@linkcode packageClosure}. */
+export interface PackageClosureOptions {
+  /**
+   * The Debian architecture followed (e.g. `arm64`): only names qualified
+   * with it (`libc6:arm64`); packages for all architectures (data, scripts)
+   * and the host's own are not libraries of a foreign program.
+   */
+  arch: string;
+  /** Packages neither taken nor followed. */
+  skip?: readonly string[];
+}
+
+/**
+ * `name` and every package it depends on in `graph` (from
+ * {@linkcode parseAptDepends}), recursively, through the packages of
+ * `options.arch` only; sorted, `name` first.
+ *
+ * @example
+ * ```ts
+ * import { packageClosure } from "./payload.ts";
+ * const graph = new Map([
+ *   ["qemu:arm64", ["libc6:arm64", "qemu-data", "common:arm64"]],
+ *   ["common:arm64", ["libasound2:arm64"]],
+ *   ["libc6:arm64", ["libgcc-s1:arm64"]],
+ * ]);
+ * const debs = packageClosure(graph, "qemu:arm64", {
+ *   arch: "arm64",
+ *   skip: ["common:arm64"],
+ * });
+ * console.assert(debs.join() === "qemu:arm64,libc6:arm64,libgcc-s1:arm64");
+ * ```
+ */
+export function packageClosure(
+  graph: ReadonlyMap<string, readonly string[]>,
+  name: string,
+  options: PackageClosureOptions,
+): string[] {
+  if (!graph.has(name)) {
+    throw new Error(
+      `Cannot list the packages ${name} needs: apt-cache depends printed nothing for it`,
+    );
+  }
+  const skip = new Set(options.skip ?? []);
+  const found = new Set<string>();
+  const queue = [name];
+  for (let p = queue.shift(); p !== undefined; p = queue.shift()) {
+    if (found.has(p)) continue;
+    found.add(p);
+    for (const dep of graph.get(p) ?? []) {
+      if (dep.endsWith(`:${options.arch}`) && !skip.has(dep)) queue.push(dep);
+    }
+  }
+  found.delete(name);
+  return [name, ...[...found].sort()];
 }
 
 /**

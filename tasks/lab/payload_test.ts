@@ -1,11 +1,15 @@
-// Unit tests of the lab payload's library lookup: readelf's output, and the
-// NEEDED closure over a fake unpacked root. Nothing is fetched or booted.
-import { deepEqual, equal, ok, rejects } from "node:assert/strict";
+// Unit tests of the lab payload's library lookup: readelf's output, the
+// NEEDED closure over a fake unpacked root, and the Debian packages of the
+// arm64 QEMU peer out of apt-cache's answer. Nothing is fetched or booted.
+import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import {
   type ElfDeps,
+  labCarriesPeer,
   type LabFile,
   libraryClosure,
+  packageClosure,
+  parseAptDepends,
   parseReadelf,
   readElfDeps,
 } from "./payload.ts";
@@ -172,4 +176,135 @@ Deno.test("libraryClosure() stops at a loop of symbolic links", async () => {
       /liba\.so is a loop of symbolic links/,
     );
   });
+});
+
+// What `apt-cache depends --recurse --no-recommends ... qemu-system-arm:arm64`
+// prints on Debian 12 with arm64 as a foreign architecture (shortened, the
+// relations of interest kept: a virtual package and its provider, an OR
+// group, a Multi-Arch: foreign dependency resolved below it, a cycle).
+const APT_DEPENDS = `qemu-system-arm:arm64
+  Depends: libc6:arm64
+  Depends: libglib2.0-0:arm64
+  Depends: libibverbs1:arm64
+  Depends: qemu-system-common:arm64
+  Depends: <qemu-system-data:arm64>
+    qemu-system-data
+libc6:arm64
+  Depends: libgcc-s1:arm64
+libglib2.0-0:arm64
+  Depends: libc6:arm64
+  Depends: libffi8:arm64
+libibverbs1:arm64
+  Depends: <adduser:arm64>
+    adduser
+  Depends: libc6:arm64
+  Depends: libnl-3-200:arm64
+qemu-system-common:arm64
+  Depends: libasound2:arm64
+  Depends: libc6:arm64
+libgcc-s1:arm64
+  Depends: gcc-12-base:arm64
+  Depends: libc6:arm64
+libffi8:arm64
+  Depends: libc6:arm64
+libnl-3-200:arm64
+  Depends: libc6:arm64
+libpam0g:arm64
+  Depends: libaudit1:arm64
+ |Depends: <debconf:arm64>
+    debconf
+  Depends: <debconf-2.0:arm64>
+    cdebconf:arm64
+  PreDepends: libpam-modules-bin
+    libpam-modules-bin:arm64
+libasound2:arm64
+  Depends: <libasound2-data:arm64>
+    libasound2-data
+  Depends: libc6:arm64
+gcc-12-base:arm64
+qemu-system-data
+<adduser:arm64>
+<qemu-system-data:arm64>
+`;
+
+Deno.test("parseAptDepends() reads each package's dependencies: a virtual one by its provider", () => {
+  const graph = parseAptDepends(APT_DEPENDS);
+  deepEqual(graph.get("qemu-system-arm:arm64"), [
+    "libc6:arm64",
+    "libglib2.0-0:arm64",
+    "libibverbs1:arm64",
+    "qemu-system-common:arm64",
+    "qemu-system-data",
+  ]);
+  deepEqual(graph.get("libibverbs1:arm64"), [
+    "adduser",
+    "libc6:arm64",
+    "libnl-3-200:arm64",
+  ]);
+  deepEqual(graph.get("gcc-12-base:arm64"), []);
+  // A virtual package with nothing below it depends on nothing.
+  deepEqual(graph.get("<adduser:arm64>"), []);
+});
+
+Deno.test("parseAptDepends() takes the first of alternatives and PreDepends as they are named", () => {
+  // "debconf | debconf-2.0": the first, and not cdebconf, which provides
+  // the second; the PreDepends is the package named, not the line below it.
+  deepEqual(parseAptDepends(APT_DEPENDS).get("libpam0g:arm64"), [
+    "libaudit1:arm64",
+    "debconf",
+    "libpam-modules-bin",
+  ]);
+});
+
+Deno.test("parseAptDepends() leaves out relations other than Depends and PreDepends", () => {
+  const graph = parseAptDepends(
+    "a:arm64\n  Depends: b:arm64\n  Recommends: c:arm64\n  Suggests: d:arm64\n" +
+      " |Breaks: e:arm64\n  Breaks: f:arm64\n  PreDepends: g:arm64\n",
+  );
+  deepEqual(graph.get("a:arm64"), ["b:arm64", "g:arm64"]);
+});
+
+Deno.test("packageClosure() follows the arm64 packages only, skips what it is told, sorted after the root", () => {
+  const debs = packageClosure(
+    parseAptDepends(APT_DEPENDS),
+    "qemu-system-arm:arm64",
+    { arch: "arm64", skip: ["qemu-system-common:arm64"] },
+  );
+  deepEqual(debs, [
+    "qemu-system-arm:arm64",
+    "gcc-12-base:arm64",
+    "libc6:arm64",
+    "libffi8:arm64",
+    "libgcc-s1:arm64",
+    "libglib2.0-0:arm64",
+    "libibverbs1:arm64",
+    "libnl-3-200:arm64",
+  ]);
+  // Without the skip, the helpers' libraries come along.
+  ok(
+    packageClosure(parseAptDepends(APT_DEPENDS), "qemu-system-arm:arm64", {
+      arch: "arm64",
+    }).includes("libasound2:arm64"),
+  );
+});
+
+Deno.test("packageClosure() ends on a cycle and names a package apt-cache did not print", () => {
+  const graph = new Map([
+    ["a:arm64", ["b:arm64"]],
+    ["b:arm64", ["a:arm64", "c:arm64"]],
+  ]);
+  deepEqual(packageClosure(graph, "a:arm64", { arch: "arm64" }), [
+    "a:arm64",
+    "b:arm64",
+    "c:arm64",
+  ]);
+  throws(
+    () => packageClosure(graph, "qemu:arm64", { arch: "arm64" }),
+    /Cannot list the packages qemu:arm64 needs: apt-cache depends printed nothing for it/,
+  );
+});
+
+Deno.test("labCarriesPeer(): the x86_64 lab carries QEMU unless told, the aarch64 one only when asked", () => {
+  equal(labCarriesPeer("x86_64"), true);
+  equal(labCarriesPeer("aarch64"), false);
 });

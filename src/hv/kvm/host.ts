@@ -11,7 +11,10 @@ import { Kvm, KVM_DEVICE } from "./system.ts";
 
 /** The host's KVM, as far as initx can tell. */
 export interface KvmHost {
-  /** `hardware`: VT-x/AMD-V; `pvm`: a paravirtual KVM; `none`: no usable KVM. */
+  /**
+   * `hardware`: VT-x/AMD-V, or arm64's virtualization extensions; `pvm`: a
+   * paravirtual KVM; `none`: no usable KVM.
+   */
   kind: "hardware" | "pvm" | "none";
   /** Whether `/dev/kvm` opens (small guests of initx's own can run). */
   canOpen: boolean;
@@ -62,6 +65,13 @@ export function detectKvmHost(): KvmHost {
         : `kvm_pvm is loaded but ${KVM_DEVICE} cannot be opened`,
     };
   }
+  if (!canOpen) return { kind: "none", canOpen, reason: openError };
+  // An arm64 CPU shows no flag for its virtualization extensions: a KVM
+  // that opens (and is not kvm_pvm, above) runs at EL2, on hardware or on
+  // a hypervisor that gives its guest EL2.
+  if (Deno.build.arch === "aarch64") {
+    return { kind: "hardware", canOpen, reason: "KVM on arm64 with /dev/kvm" };
+  }
   let flags = "";
   try {
     flags = Deno.readTextFileSync("/proc/cpuinfo");
@@ -69,7 +79,6 @@ export function detectKvmHost(): KvmHost {
     // not readable: treat as no flags
   }
   const hw = /^flags\s*:.*\b(vmx|svm)\b/m.test(flags);
-  if (!canOpen) return { kind: "none", canOpen, reason: openError };
   if (!hw) {
     return {
       kind: "pvm",
@@ -93,5 +102,8 @@ export function cannotBootLinuxReason(
   host: KvmHost = detectKvmHost(),
 ): string | undefined {
   if (host.kind === "hardware") return undefined;
-  return `Cannot boot a Linux guest on this host: ${host.reason}; initx needs hardware virtualization (Intel VT-x or AMD-V, or nested VT-x/AMD-V when this host is itself a VM)`;
+  const needs = Deno.build.arch === "aarch64"
+    ? "arm64 KVM (a kernel booted at EL2, or nested virtualization when this host is itself a VM)"
+    : "hardware virtualization (Intel VT-x or AMD-V, or nested VT-x/AMD-V when this host is itself a VM)";
+  return `Cannot boot a Linux guest on this host: ${host.reason}; initx needs ${needs}`;
 }

@@ -1,6 +1,7 @@
 /**
  * `/dev/kvm`: the KVM system fd. It checks the API version, answers
- * capability queries, reports the supported CPUID, and makes VMs.
+ * capability queries, reports the supported CPUID (x86_64), and makes VMs
+ * for the host's architecture: x86_64 or arm64.
  *
  * @module
  */
@@ -16,7 +17,7 @@ import {
 } from "../../../ffi/kvm.ts";
 import type { Hypervisor } from "../hv.ts";
 import { encodeCpuid, guestCpuid, parseCpuid } from "./cpuid.ts";
-import { KvmVm } from "./vm.ts";
+import { hostKvmArch, type KvmArch, type KvmGicOptions, KvmVm } from "./vm.ts";
 import { VcpuThreadPool } from "./vcpu.ts";
 
 /** The device node of KVM. */
@@ -24,6 +25,20 @@ export const KVM_DEVICE = "/dev/kvm";
 
 /** Most CPUID leaves asked for; KVM answers E2BIG if it has more. */
 const MAX_CPUID_ENTRIES = 256;
+
+/** Options of {@linkcode Kvm.createVm}. */
+export interface KvmCreateVmOptions {
+  /**
+   * Create the in-kernel interrupt controllers: PIC, IOAPIC, LAPIC and PIT
+   * on x86_64, a GICv3 on arm64 (default false).
+   */
+  irqchip?: boolean;
+  /**
+   * arm64: where the GICv3 goes (default `KVM_DEFAULT_GIC` of `vm.ts`),
+   * which must match the guest's device tree.
+   */
+  gic?: KvmGicOptions;
+}
 
 /**
  * The KVM hypervisor (`/dev/kvm`).
@@ -39,6 +54,8 @@ const MAX_CPUID_ENTRIES = 256;
  * ```
  */
 export class Kvm implements Hypervisor {
+  /** The host's architecture, which every VM made here has. */
+  readonly arch: KvmArch;
   #fd: number;
   #cpuid: Uint8Array | undefined;
   #mmapSize: number;
@@ -48,8 +65,9 @@ export class Kvm implements Hypervisor {
    */
   #threads = new VcpuThreadPool();
 
-  private constructor(fd: number) {
+  private constructor(fd: number, arch: KvmArch) {
     this.#fd = fd;
+    this.arch = arch;
     this.#mmapSize = libc().ioctl(
       fd,
       KVM.GET_VCPU_MMAP_SIZE,
@@ -79,7 +97,7 @@ export class Kvm implements Hypervisor {
           `Cannot use ${path}: KVM API version ${version}, initx needs ${KVM_API_VERSION}; upgrade the host kernel`,
         );
       }
-      return new Kvm(fd);
+      return new Kvm(fd, hostKvmArch());
     } catch (e) {
       c.close(fd);
       throw e;
@@ -96,9 +114,17 @@ export class Kvm implements Hypervisor {
     );
   }
 
-  /** `KVM_GET_SUPPORTED_CPUID` as `kvm_cpuid2` bytes (header + entries). */
+  /**
+   * `KVM_GET_SUPPORTED_CPUID` as `kvm_cpuid2` bytes (header + entries);
+   * x86_64 only.
+   */
   supportedCpuid(): Uint8Array {
     if (this.#cpuid) return this.#cpuid;
+    if (this.arch !== "x86_64") {
+      throw new Error(
+        `Cannot read the supported CPUID: CPUID is x86_64's, and this host is ${this.arch}`,
+      );
+    }
     const buf = new Uint8Array(
       kvm_cpuid2.size + MAX_CPUID_ENTRIES * kvm_cpuid_entry2.size,
     );
@@ -117,15 +143,23 @@ export class Kvm implements Hypervisor {
   }
 
   /**
-   * Creates a VM (`KVM_CREATE_VM`); its vCPUs get the CPUID `guestCpuid()`
-   * derives from the supported one (see `cpuid.ts`).
+   * Creates a VM (`KVM_CREATE_VM`). On x86_64 its vCPUs get the CPUID
+   * `guestCpuid()` derives from the supported one (see `cpuid.ts`); on
+   * arm64 they get in-kernel PSCI, which needs `KVM_CAP_ARM_PSCI_0_2`.
    */
-  createVm(options: { irqchip?: boolean } = {}): KvmVm {
+  createVm(options: KvmCreateVmOptions = {}): KvmVm {
     const c = libc();
-    const cpuid = encodeCpuid(guestCpuid(parseCpuid(this.supportedCpuid()), {
-      tscDeadlineTimer: this.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0,
-      irqchip: options.irqchip ?? false,
-    }));
+    let cpuid: Uint8Array | undefined;
+    if (this.arch === "x86_64") {
+      cpuid = encodeCpuid(guestCpuid(parseCpuid(this.supportedCpuid()), {
+        tscDeadlineTimer: this.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0,
+        irqchip: options.irqchip ?? false,
+      }));
+    } else if (this.checkExtension(KVM_CAP.ARM_PSCI_0_2) === 0) {
+      throw new Error(
+        "Cannot create a KVM virtual machine: this host's KVM has no in-kernel PSCI 0.2 (KVM_CAP_ARM_PSCI_0_2), which initx's arm64 guests use to start and stop CPUs; upgrade the host kernel",
+      );
+    }
     let fd: number;
     try {
       fd = c.ioctl(this.#fd, KVM.CREATE_VM, 0, "KVM_CREATE_VM");
@@ -139,7 +173,9 @@ export class Kvm implements Hypervisor {
       throw e;
     }
     return new KvmVm(fd, {
+      arch: this.arch,
       irqchip: options.irqchip,
+      gic: options.gic,
       mmapSize: this.#mmapSize,
       cpuid,
       threads: this.#threads,
@@ -164,10 +200,13 @@ export function explainOpenError(path: string, e: unknown): Error {
   if (!(e instanceof OsError)) {
     return e instanceof Error ? e : new Error(String(e));
   }
+  const arm64 = Deno.build.arch === "aarch64";
   switch (e.errno) {
     case Errno.ENOENT:
       return new Error(
-        `Cannot open ${path}: it does not exist; this host has no KVM (enable virtualization in the firmware and load kvm_intel or kvm_amd, or use a VM with nested virtualization)`,
+        arm64
+          ? `Cannot open ${path}: it does not exist; this host has no KVM (boot the kernel at EL2 with KVM built in, or use a VM with nested virtualization)`
+          : `Cannot open ${path}: it does not exist; this host has no KVM (enable virtualization in the firmware and load kvm_intel or kvm_amd, or use a VM with nested virtualization)`,
         { cause: e },
       );
     case Errno.EACCES:
@@ -179,7 +218,9 @@ export function explainOpenError(path: string, e: unknown): Error {
     case Errno.ENODEV:
     case Errno.ENXIO:
       return new Error(
-        `Cannot open ${path}: no KVM driver is loaded behind it; load kvm_intel or kvm_amd`,
+        arm64
+          ? `Cannot open ${path}: no KVM driver is behind it; the kernel was not booted at EL2, or its KVM failed to initialize (see dmesg)`
+          : `Cannot open ${path}: no KVM driver is loaded behind it; load kvm_intel or kvm_amd`,
         { cause: e },
       );
     default:

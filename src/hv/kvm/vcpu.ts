@@ -33,6 +33,7 @@ import { libc, SIGUSR2 } from "../../../ffi/libc.ts";
 import { KVM_EXIT, KVM_EXIT_IO_IN, kvm_run } from "../../../ffi/kvm.ts";
 import type { ExitHandlers, HvVcpu, VcpuInit, VcpuOutcome } from "../hv.ts";
 import {
+  type Arm64Start,
   Ctl,
   CtlState,
   type WorkerReply,
@@ -212,7 +213,9 @@ export class KvmVcpu implements HvVcpu {
   /**
    * Starts vCPU `id` of the VM `vmFd` on `worker`, a thread taken from
    * `threads` (which gets it back after the run); resolves once the vCPU is
-   * about to run.
+   * set up. It runs once its gate is open: at once with `gateOpen`, else
+   * after {@linkcode KvmVcpu.openGate} (or `stop()`). `arm64` makes it an
+   * arm64 vCPU, set up from `arm64` rather than `init`'s x86 fields.
    */
   static start(
     vmFd: number,
@@ -221,6 +224,8 @@ export class KvmVcpu implements HvVcpu {
       mmapSize: number;
       cpuid?: Uint8Array;
       init: VcpuInit;
+      arm64?: Arm64Start;
+      gateOpen: boolean;
       worker: Worker;
       threads: VcpuThreadPool;
     },
@@ -228,6 +233,7 @@ export class KvmVcpu implements HvVcpu {
     installKickListener();
     const control = new SharedArrayBuffer(Ctl.Length * 4);
     const ctl = new Int32Array(control);
+    if (options.gateOpen) Atomics.store(ctl, Ctl.Go, 1);
     const worker = options.worker;
     /** Whether the thread reported the outcome itself, and so can be reused. */
     let reported = false;
@@ -280,6 +286,7 @@ export class KvmVcpu implements HvVcpu {
         regs: options.init.regs,
         sregs: options.init.sregs,
         sinkPorts: options.init.sinkPorts ?? [],
+        arm64: options.arm64,
       };
       worker.postMessage(start);
     });
@@ -305,6 +312,16 @@ export class KvmVcpu implements HvVcpu {
     if (this.#vcpuFd >= 0) c.close(this.#vcpuFd);
     this.#runPtr = undefined;
     this.#vcpuFd = -1;
+  }
+
+  /**
+   * Lets the vCPU run: its Worker waits at this gate from the time it is
+   * set up (the start resolved) until now. Idempotent; `stop()` opens it
+   * too, so that the vCPU ends "stopped" without running.
+   */
+  openGate(): void {
+    Atomics.store(this.#ctl, Ctl.Go, 1);
+    Atomics.notify(this.#ctl, Ctl.Go);
   }
 
   /** Exits seen so far. */
@@ -425,6 +442,8 @@ export class KvmVcpu implements HvVcpu {
       // the thread enters `KVM_RUN` is not lost.
       Atomics.store(this.#ctl, Ctl.Stop, 1);
       this.#run?.setUint8(kvm_run.fields.immediate_exit.offset, 1);
+      // A vCPU still at its gate sees `Stop` before its first `KVM_RUN`.
+      this.openGate();
       this.#kick();
     }
     return this.done;

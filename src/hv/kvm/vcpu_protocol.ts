@@ -5,7 +5,13 @@
  * @module
  */
 
-import type { VcpuOutcome, X86Regs, X86Sregs } from "../hv.ts";
+import type {
+  Arm64Regs,
+  Arm64SysRegs,
+  VcpuOutcome,
+  X86Regs,
+  X86Sregs,
+} from "../hv.ts";
 
 /** Slots of the shared `Int32Array` control block. */
 export const Ctl = {
@@ -15,6 +21,15 @@ export const Ctl = {
   Stop: 1,
   /** Exits seen (wraps at 2^31). */
   Exits: 2,
+  /**
+   * The gate: 0 until the owner lets the vCPU run, then 1. A Worker that has
+   * set its vCPU up and posted "ready" waits here before its first
+   * `KVM_RUN`. On x86_64 the gate is open from the start; on arm64 the VM
+   * opens the gates of all its vCPUs at once, when the boot vCPU is ready
+   * and the GIC initialized (see `KvmVm.startVcpu`). `stop()` opens it too,
+   * after setting `Stop`, so a vCPU waiting there ends "stopped" at once.
+   */
+  Go: 3,
   /** Number of slots. */
   Length: 4,
 } as const;
@@ -55,6 +70,20 @@ export interface WorkerStart {
   sregs?: Partial<X86Sregs>;
   /** Ports whose writes are dropped on the vCPU thread. */
   sinkPorts: number[];
+  /** Present for an arm64 vCPU: how to initialize it (no x86 fields then). */
+  arm64?: Arm64Start;
+}
+
+/** What an arm64 vCPU's Worker needs to set it up. */
+export interface Arm64Start {
+  /** `kvm_vcpu_init.target`: the VM's `KVM_ARM_PREFERRED_TARGET`. */
+  target: number;
+  /** `kvm_vcpu_init.features[0]`: `KVM_ARM_VCPU_*` bits. */
+  features: number;
+  /** Core registers to set (PSTATE defaults to EL1h, DAIF masked). */
+  regs?: Partial<Arm64Regs>;
+  /** System registers to set. */
+  sysRegs?: Arm64SysRegs;
 }
 
 /**

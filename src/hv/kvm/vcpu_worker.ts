@@ -14,6 +14,14 @@
  * owner may kick: the Worker never ends itself (no `self.close()`, no uncaught
  * error once "ready" is out) and lives until the owner terminates it.
  *
+ * Between setting up its vCPU and the first `KVM_RUN` the Worker waits at a
+ * gate the owner opens (`Ctl.Go`): open from the start on x86_64, opened
+ * for all vCPUs at once on arm64 when the boot vCPU is ready (see
+ * `KvmVm.startVcpu`), and by `stop()`.
+ *
+ * What depends on the architecture is in `vcpu_worker_x86.ts` and
+ * `vcpu_worker_arm64.ts`: setting the vCPU up and reading its registers.
+ *
  * The Worker serves one vCPU at a time and may serve several in turn: it is
  * started before its first start message comes (loading this module and its
  * `dlopen` are the slow part), and after it has posted an outcome the owner
@@ -35,28 +43,36 @@ import {
   KVM,
   KVM_EXIT,
   KVM_EXIT_IO_OUT,
-  kvm_regs,
   kvm_run,
-  kvm_sregs,
   KVM_SYSTEM_EVENT,
 } from "../../../ffi/kvm.ts";
-import type { VcpuOutcome, VcpuRegs, X86Regs, X86Sregs } from "../hv.ts";
-import {
-  cpuidForVcpu,
-  readRegs,
-  writeRegs,
-  writeSregs,
-  xcrsForVcpu,
-} from "./regs.ts";
+import type { VcpuOutcome, VcpuRegs } from "../hv.ts";
 import {
   Ctl,
   CtlState,
   type WorkerReply,
   type WorkerStart,
 } from "./vcpu_protocol.ts";
+import { setUpArm64Vcpu } from "./vcpu_worker_arm64.ts";
+import { setUpX86Vcpu } from "./vcpu_worker_x86.ts";
 
 const c = libc();
 const sym = c.unsafeSymbols;
+
+/** What the run loop needs from the architecture of a vCPU set up. */
+export interface VcpuArch {
+  /** Reads the registers an outcome reports. */
+  regs(): VcpuRegs;
+  /** Ports whose `out` writes stay on this thread (x86_64 sink ports). */
+  sinkPorts: ReadonlySet<number>;
+  /**
+   * The outcome of a `KVM_RUN` that failed with `errno` (not EINTR or
+   * EAGAIN), when the architecture can say more than the errno.
+   */
+  runFailed?(errno: number): VcpuOutcome | undefined;
+  /** The syndrome an exit the loop does not handle carries, if any. */
+  syndrome?(reason: number, run: DataView): bigint | undefined;
+}
 
 function start(msg: WorkerStart): void {
   const ctl = new Int32Array(msg.control);
@@ -67,26 +83,9 @@ function start(msg: WorkerStart): void {
   try {
     vcpuFd = c.ioctl(msg.vmFd, KVM.CREATE_VCPU, msg.id, "KVM_CREATE_VCPU");
     runPtr = c.mmap(msg.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, vcpuFd);
-    if (msg.cpuid) {
-      const cpuid = cpuidForVcpu(msg.cpuid, msg.id);
-      c.ioctl(
-        vcpuFd,
-        KVM.SET_CPUID2,
-        Deno.UnsafePointer.of(cpuid),
-        "KVM_SET_CPUID2",
-      );
-      // After the CPUID: KVM accepts only the XCR0 bits it offers.
-      const xcrs = xcrsForVcpu(cpuid);
-      if (xcrs !== undefined) {
-        c.ioctl(
-          vcpuFd,
-          KVM.SET_XCRS,
-          Deno.UnsafePointer.of(xcrs),
-          "KVM_SET_XCRS",
-        );
-      }
-    }
-    setRegisters(vcpuFd, msg.regs, msg.sregs);
+    const arch = msg.arm64
+      ? setUpArm64Vcpu(vcpuFd, msg.arm64)
+      : setUpX86Vcpu(vcpuFd, msg);
     post({
       type: "ready",
       tid: c.gettid(),
@@ -94,7 +93,10 @@ function start(msg: WorkerStart): void {
       vcpuFd,
     });
     ready = true;
-    outcome = runLoop(vcpuFd, runPtr, ctl, new Set(msg.sinkPorts));
+    // `stop()` stores `Stop` before it opens the gate: the loop below then
+    // ends "stopped" before its first `KVM_RUN`.
+    while (Atomics.load(ctl, Ctl.Go) === 0) Atomics.wait(ctl, Ctl.Go, 0);
+    outcome = runLoop(vcpuFd, runPtr, ctl, arch);
   } catch (e) {
     outcome = {
       kind: "error",
@@ -114,31 +116,6 @@ function start(msg: WorkerStart): void {
   post({ type: "outcome", outcome });
 }
 
-function setRegisters(
-  fd: number,
-  regs: Partial<X86Regs> | undefined,
-  sregs: Partial<X86Sregs> | undefined,
-): void {
-  if (sregs) {
-    const buf = new Uint8Array(kvm_sregs.size);
-    c.ioctl(fd, KVM.GET_SREGS, Deno.UnsafePointer.of(buf), "KVM_GET_SREGS");
-    writeSregs(new DataView(buf.buffer), sregs);
-    c.ioctl(fd, KVM.SET_SREGS, Deno.UnsafePointer.of(buf), "KVM_SET_SREGS");
-  }
-  if (regs) {
-    const buf = new Uint8Array(kvm_regs.size);
-    c.ioctl(fd, KVM.GET_REGS, Deno.UnsafePointer.of(buf), "KVM_GET_REGS");
-    writeRegs(new DataView(buf.buffer), { rflags: 2n, ...regs });
-    c.ioctl(fd, KVM.SET_REGS, Deno.UnsafePointer.of(buf), "KVM_SET_REGS");
-  }
-}
-
-function getRegs(fd: number): VcpuRegs {
-  const buf = new Uint8Array(kvm_regs.size);
-  c.ioctl(fd, KVM.GET_REGS, Deno.UnsafePointer.of(buf), "KVM_GET_REGS");
-  return { arch: "x86_64", ...readRegs(new DataView(buf.buffer)) };
-}
-
 const IO_DIRECTION = kvm_run.fields["io.direction"].offset;
 const IO_PORT = kvm_run.fields["io.port"].offset;
 const EXIT_REASON = kvm_run.fields.exit_reason.offset;
@@ -147,7 +124,7 @@ function runLoop(
   fd: number,
   runPtr: Deno.PointerObject,
   ctl: Int32Array,
-  sinkPorts: Set<number>,
+  arch: VcpuArch,
 ): VcpuOutcome {
   const run = new DataView(
     Deno.UnsafePointerView.getArrayBuffer(runPtr, kvm_run.size),
@@ -155,7 +132,7 @@ function runLoop(
   for (;;) {
     if (Atomics.load(ctl, Ctl.Stop) !== 0) {
       const atMs = performance.timeOrigin + performance.now();
-      return { kind: "stopped", atMs, regs: getRegs(fd) };
+      return { kind: "stopped", atMs, regs: arch.regs() };
     }
     const r = sym.ioctl(fd, KVM.RUN, null);
     if (r < 0) {
@@ -164,7 +141,9 @@ function runLoop(
         run.setUint8(kvm_run.fields.immediate_exit.offset, 0);
         continue;
       }
-      return { kind: "error", message: c.lastError("ioctl KVM_RUN").message };
+      const error = c.lastError("ioctl KVM_RUN");
+      return arch.runFailed?.(errno) ??
+        { kind: "error", message: error.message };
     }
     Atomics.add(ctl, Ctl.Exits, 1);
     const reason = run.getUint32(EXIT_REASON, true);
@@ -172,7 +151,7 @@ function runLoop(
       case KVM_EXIT.IO:
         if (
           run.getUint8(IO_DIRECTION) === KVM_EXIT_IO_OUT &&
-          sinkPorts.has(run.getUint16(IO_PORT, true))
+          arch.sinkPorts.has(run.getUint16(IO_PORT, true))
         ) continue;
         handOver(ctl);
         continue;
@@ -183,9 +162,9 @@ function runLoop(
       case KVM_EXIT.IRQ_WINDOW_OPEN:
         continue;
       case KVM_EXIT.HLT:
-        return { kind: "hlt", regs: getRegs(fd) };
+        return { kind: "hlt", regs: arch.regs() };
       case KVM_EXIT.SHUTDOWN:
-        return { kind: "shutdown", regs: getRegs(fd) };
+        return { kind: "shutdown", regs: arch.regs() };
       case KVM_EXIT.SYSTEM_EVENT: {
         const type = run.getUint32(
           kvm_run.fields["system_event.type"].offset,
@@ -198,7 +177,7 @@ function runLoop(
           : type === KVM_SYSTEM_EVENT.CRASH
           ? "crash"
           : "other";
-        return { kind: "system-event", event, type, regs: getRegs(fd) };
+        return { kind: "system-event", event, type, regs: arch.regs() };
       }
       case KVM_EXIT.INTERNAL_ERROR:
         return {
@@ -207,7 +186,7 @@ function runLoop(
             kvm_run.fields["internal.suberror"].offset,
             true,
           ),
-          regs: getRegs(fd),
+          regs: arch.regs(),
         };
       case KVM_EXIT.FAIL_ENTRY:
         return {
@@ -216,10 +195,19 @@ function runLoop(
             kvm_run.fields["fail_entry.hardware_entry_failure_reason"].offset,
             true,
           ),
-          regs: getRegs(fd),
+          regs: arch.regs(),
         };
-      default:
-        return { kind: "unsupported", exitReason: reason, regs: getRegs(fd) };
+      default: {
+        const syndrome = arch.syndrome?.(reason, run);
+        return syndrome === undefined
+          ? { kind: "unsupported", exitReason: reason, regs: arch.regs() }
+          : {
+            kind: "unsupported",
+            exitReason: reason,
+            syndrome,
+            regs: arch.regs(),
+          };
+      }
     }
   }
 }
