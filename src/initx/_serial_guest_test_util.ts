@@ -7,7 +7,13 @@
  * @module
  */
 
-import type { HvVm, Hypervisor, VcpuOutcome, VcpuRegs } from "../hv/hv.ts";
+import type {
+  HvVm,
+  Hypervisor,
+  VcpuInit,
+  VcpuOutcome,
+  VcpuRegs,
+} from "../hv/hv.ts";
 import { GuestMemory, type MemoryRegion } from "../hv/memory.ts";
 
 /** A bzImage header that parses, announcing `syssize` paragraphs of kernel. */
@@ -28,12 +34,15 @@ export function fakeBzImage(fileBytes: number, syssize: number): Uint8Array {
 }
 
 /**
- * A hypervisor without KVM: vCPU 0 writes `serial` to COM1, one `out` a
- * byte, then powers the guest off; the other vCPUs just wait to be stopped.
+ * A hypervisor without KVM whose vCPU 0 runs `boot` (given its start and
+ * the VM's RAM) and ends with what it returns; the other vCPUs just wait to
+ * be stopped. `regs` are the registers outcomes report.
  */
-export function serialOnlyHypervisor(serial: string): Hypervisor {
+export function fakeHypervisor(
+  boot: (init: VcpuInit, memory: GuestMemory) => Promise<VcpuOutcome>,
+  regs: VcpuRegs = { arch: "x86_64" } as VcpuRegs,
+): Hypervisor {
   const regions: MemoryRegion[] = [];
-  const regs = { arch: "x86_64" } as VcpuRegs;
   const vm: HvVm = {
     get memory() {
       return new GuestMemory(regions);
@@ -46,20 +55,7 @@ export function serialOnlyHypervisor(serial: string): Hypervisor {
         ? new Promise<VcpuOutcome>(() => {})
         : (async () => {
           await Promise.resolve();
-          for (const byte of new TextEncoder().encode(serial)) {
-            init.handlers?.io?.({
-              port: 0x3f8,
-              size: 1,
-              direction: "out",
-              data: Uint8Array.of(byte),
-            });
-          }
-          return {
-            kind: "system-event",
-            event: "shutdown",
-            type: 1,
-            regs,
-          } as VcpuOutcome;
+          return await boot(init, new GuestMemory(regions));
         })();
       return Promise.resolve({
         id,
@@ -72,4 +68,28 @@ export function serialOnlyHypervisor(serial: string): Hypervisor {
     close: () => Promise.resolve(),
   };
   return { createVm: () => vm, close: () => {} };
+}
+
+/**
+ * A hypervisor without KVM: vCPU 0 writes `serial` to COM1, one `out` a
+ * byte, then powers the guest off; the other vCPUs just wait to be stopped.
+ */
+export function serialOnlyHypervisor(serial: string): Hypervisor {
+  const regs = { arch: "x86_64" } as VcpuRegs;
+  return fakeHypervisor((init) => {
+    for (const byte of new TextEncoder().encode(serial)) {
+      init.handlers?.io?.({
+        port: 0x3f8,
+        size: 1,
+        direction: "out",
+        data: Uint8Array.of(byte),
+      });
+    }
+    return Promise.resolve({
+      kind: "system-event",
+      event: "shutdown",
+      type: 1,
+      regs,
+    });
+  }, regs);
 }

@@ -1,15 +1,8 @@
 import assert from "node:assert/strict";
 import { decompile } from "../boot/_dtc_test_util.ts";
 import { ARM64_IMAGE_MAGIC } from "../boot/arm64_image.ts";
-import type {
-  HvVm,
-  Hypervisor,
-  VcpuInit,
-  VcpuOutcome,
-  VcpuRegs,
-} from "../hv/hv.ts";
-import { GuestMemory, type MemoryRegion } from "../hv/memory.ts";
-import { fakeBzImage } from "./_serial_guest_test_util.ts";
+import type { Hypervisor, VcpuInit, VcpuRegs } from "../hv/hv.ts";
+import { fakeBzImage, fakeHypervisor } from "./_serial_guest_test_util.ts";
 import { bootLinux, defaultCmdline } from "./linux_vm.ts";
 import { ARM64_CMDLINE, arm64Machine } from "./machine_arm64.ts";
 import { X86_CMDLINE, x86Machine } from "./machine_x86.ts";
@@ -115,46 +108,38 @@ Deno.test("defaultCmdline() has no x86-only options on arm64", () => {
  * through the MMIO UART and powers off with PSCI.
  */
 function fakeArm64Hypervisor(text: string, seen: VcpuInit[]): Hypervisor {
-  const regions: MemoryRegion[] = [];
   const regs = { arch: "aarch64" } as VcpuRegs;
-  const vm: HvVm = {
-    get memory() {
-      return new GuestMemory(regions);
-    },
-    addMemory: (base, size) =>
-      void regions.push({ base, bytes: new Uint8Array(Number(size)) }),
-    startVcpu: (id, init) => {
-      seen[id] = init;
-      const stopped: VcpuOutcome = { kind: "stopped", atMs: 0, regs };
-      const done = id !== 0
-        ? new Promise<VcpuOutcome>(() => {})
-        : (async (): Promise<VcpuOutcome> => {
-          await Promise.resolve();
-          const memory = new GuestMemory(regions);
-          const dtb = new Uint8Array(4);
-          memory.read(init.arm64!.regs!.x0!, dtb);
-          const magic = new DataView(dtb.buffer).getUint32(0);
-          const out = magic === 0xd00dfeed ? text : "no device tree at x0\n";
-          for (const byte of new TextEncoder().encode(out)) {
-            init.handlers?.mmio?.({
-              addr: 0x0900_0000n,
-              isWrite: true,
-              data: Uint8Array.of(byte),
-            });
-          }
-          return { kind: "system-event", event: "shutdown", type: 1, regs };
-        })();
-      return Promise.resolve({
-        id,
-        done,
-        exitCount: () => 0,
-        stop: () => id === 0 ? done : Promise.resolve(stopped),
+  const hv = fakeHypervisor((init, memory) => {
+    const dtb = new Uint8Array(4);
+    memory.read(init.arm64!.regs!.x0!, dtb);
+    const magic = new DataView(dtb.buffer).getUint32(0);
+    const out = magic === 0xd00dfeed ? text : "no device tree at x0\n";
+    for (const byte of new TextEncoder().encode(out)) {
+      init.handlers?.mmio?.({
+        addr: 0x0900_0000n,
+        isWrite: true,
+        data: Uint8Array.of(byte),
       });
+    }
+    return Promise.resolve({
+      kind: "system-event",
+      event: "shutdown",
+      type: 1,
+      regs,
+    });
+  }, regs);
+  return {
+    createVm: (options) => {
+      const vm = hv.createVm(options);
+      const start = vm.startVcpu.bind(vm);
+      vm.startVcpu = (id, init) => {
+        seen[id] = init;
+        return start(id, init);
+      };
+      return vm;
     },
-    setIrqLine: () => {},
-    close: () => Promise.resolve(),
+    close: () => hv.close(),
   };
-  return { createVm: () => vm, close: () => {} };
 }
 
 Deno.test("bootLinux() on arm64 reaches the MMIO UART and ends on PSCI power-off", async () => {
