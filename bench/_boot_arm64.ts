@@ -11,10 +11,6 @@
  * @module
  */
 
-import type { KvmHost } from "../src/hv/kvm/host.ts";
-
-export type { KvmHost };
-
 /** The QEMU the arm64 peer runs. */
 export const ARM64_QEMU = "qemu-system-aarch64";
 
@@ -95,21 +91,4 @@ export function arm64QemuCmdline(cmdline: string): string {
       ? `console=${VIRT_CONSOLE}${word.slice(console.length)}`
       : word
   ).join(" ");
-}
-
-/**
- * Why this arm64 host cannot run the bench, or undefined when its
- * `/dev/kvm` opens. An arm64 KVM is hardware-backed (or, in the lab, a
- * real KVM on an emulated EL2): there is no `vmx`/`svm` flag to look for.
- *
- * @example
- * ```ts
- * import { arm64CannotBootReason } from "./_boot_arm64.ts";
- * const host = { kind: "pvm", canOpen: true, reason: "no vmx or svm flag" } as const;
- * console.assert(arm64CannotBootReason(host) === undefined);
- * ```
- */
-export function arm64CannotBootReason(host: KvmHost): string | undefined {
-  if (host.canOpen) return undefined;
-  return `Cannot boot a Linux guest on this arm64 host: ${host.reason}`;
 }

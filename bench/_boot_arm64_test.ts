@@ -4,7 +4,6 @@ import { equal, ok } from "node:assert/strict";
 import {
   ARM64_MILESTONES,
   ARM64_QEMU_MACHINE,
-  arm64CannotBootReason,
   arm64QemuCmdline,
 } from "./_boot_arm64.ts";
 import { defaultCmdline } from "../src/initx/linux_vm.ts";
@@ -37,19 +36,4 @@ Deno.test("ARM64_QEMU_MACHINE: virt with a GICv3 and the options the bench names
 
 Deno.test("ARM64_MILESTONES: plain words for grep -E between single quotes", () => {
   for (const m of ARM64_MILESTONES) ok(!/['|()[\]*+?{}\\^$]/.test(m), m);
-});
-
-Deno.test("arm64CannotBootReason() accepts any /dev/kvm that opens and names one that does not", () => {
-  equal(
-    arm64CannotBootReason({ kind: "pvm", canOpen: true, reason: "no flag" }),
-    undefined,
-  );
-  equal(
-    arm64CannotBootReason({
-      kind: "none",
-      canOpen: false,
-      reason: "Cannot open /dev/kvm: no such file (ENOENT)",
-    }),
-    "Cannot boot a Linux guest on this arm64 host: Cannot open /dev/kvm: no such file (ENOENT)",
-  );
 });

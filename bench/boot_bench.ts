@@ -51,7 +51,7 @@
 import { requireStaticBusybox } from "../src/initx/busybox_guest.ts";
 import { CpioWriter } from "../src/boot/cpio.ts";
 import { ensureKernel } from "../src/boot/kernel.ts";
-import { cannotBootLinuxReason, detectKvmHost } from "../src/hv/kvm/host.ts";
+import { cannotBootLinuxReason } from "../src/hv/kvm/host.ts";
 import { Kvm } from "../src/hv/kvm/system.ts";
 import type { Arch } from "../src/ir/syscalls.ts";
 import { defaultCmdline, LinuxVm } from "../src/initx/linux_vm.ts";
@@ -61,7 +61,6 @@ import {
   ARM64_PEER_NOTES,
   ARM64_QEMU,
   ARM64_QEMU_MACHINE,
-  arm64CannotBootReason,
   arm64QemuCmdline,
 } from "./_boot_arm64.ts";
 
@@ -270,7 +269,7 @@ const BENCH: Bench = Deno.build.arch === "aarch64"
     milestones: ARM64_MILESTONES,
     bootTimeoutMs: ARM64_BOOT_TIMEOUT_MS,
     notes: ARM64_PEER_NOTES,
-    cannotBoot: () => arm64CannotBootReason(detectKvmHost()),
+    cannotBoot: () => cannotBootLinuxReason(),
   }
   : {
     arch: "x86_64",

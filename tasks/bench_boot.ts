@@ -88,11 +88,6 @@ export function benchBootPlan(
   if (host.kvm.kind === "hardware") {
     return { where: "host", arch, reason: host.kvm.reason };
   }
-  // An arm64 /dev/kvm that opens is hardware-backed: arm64 has no vmx/svm
-  // flag for detectKvmHost() to see, and no kvm_pvm.
-  if (arch === "aarch64" && host.kvm.canOpen) {
-    return { where: "host", arch, reason: "arm64 /dev/kvm" };
-  }
   return lab(host.kvm.reason);
 }
 
