@@ -3,7 +3,9 @@
  * loop. It mounts the image's filesystem from virtio-fs (tag `rootfs`),
  * makes it the root (`MS_MOVE` onto `/`, then `chroot`: the initramfs itself
  * cannot be pivoted away), mounts proc, sys, dev, devpts, `/dev/shm` and
- * `/tmp` there, sets the hostname and `/etc/hosts`, and brings loopback up.
+ * `/tmp` there, mounts the shares, raises the read-ahead of every virtio-fs
+ * mount (`read_ahead.ts`), sets the hostname and `/etc/hosts`, and brings
+ * loopback up.
  * Then it serves programs as the plain init does (`docs/protocol.md`): the
  * container's command is one of them, run with the image's environment,
  * working directory and user.
@@ -23,6 +25,7 @@ import {
 } from "./fragments.ts";
 import { buildInitProgram, type InitModule } from "./init.ts";
 import type { ServeProgramsOptions } from "./program_loop.ts";
+import { raiseReadAhead } from "./read_ahead.ts";
 
 /** The virtio-fs tag of the container's root filesystem. */
 export const CONTAINER_ROOT_TAG = "rootfs";
@@ -208,6 +211,8 @@ export function enterContainerRoot(
     mkdir(m, { path: spec.target, ignore: [Errno.EEXIST], onError });
     mount(m, { ...spec, ignore: [Errno.EBUSY], onError });
   }
+  // Needs /sys, mounted just above.
+  raiseReadAhead(m, "/");
   for (const share of options.shares ?? []) {
     // mkdir -p: every parent, then the mount point.
     const parts = share.path.split("/").slice(1);
@@ -225,6 +230,7 @@ export function enterContainerRoot(
       flags: share.readOnly ? MS_RDONLY : 0,
       onError,
     });
+    raiseReadAhead(m, share.path);
   }
   setHostname(m, { name: options.hostname, onError });
   // An image whose /etc is missing or read-only still runs.

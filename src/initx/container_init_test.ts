@@ -1,4 +1,4 @@
-import { deepEqual, ok } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
 import { compileElf, type Statement } from "../ir/mod.ts";
 import {
   buildContainerInitProgram,
@@ -46,4 +46,22 @@ Deno.test("buildContainerInitProgram() enters the virtio-fs root before it serve
     new TextDecoder().decode(d.bytes) === `${CONTAINER_ROOT_TAG}\0`
   );
   ok(tag, "the root tag is in the program's data");
+});
+
+Deno.test("buildContainerInitProgram() raises the read-ahead of the root and of each share", () => {
+  const program = buildContainerInitProgram({
+    serve: {},
+    shares: [{ tag: "share0", path: "/data", readOnly: false }],
+  });
+  const main = program.methods.find((m) => m.name === "main")!;
+  const calls = (statements: Statement[]): string[] =>
+    statements.flatMap((s) =>
+      s.kind === "call" && typeof s.target === "string"
+        ? [s.target]
+        : s.kind === "if"
+        ? [...calls(s.then), ...calls(s.else)]
+        : []
+    );
+  equal(calls(main.body).filter((c) => c === "$raise_read_ahead").length, 2);
+  ok(program.methods.some((m) => m.name === "$raise_read_ahead"));
 });

@@ -213,6 +213,8 @@ Deno.test("initx run -v: a read-write volume changes the host directory, a read-
       "ln -s /etc/passwd /data/link; cat /data/link | head -n 1",
       "ln -s ../secret /data/up; cat /data/up 2>/dev/null || echo up-refused",
       "cat /data/../secret 2>/dev/null || echo dotdot-refused",
+      // The init raised the read-ahead of the root and of the volumes.
+      "for d in / /data; do cat /sys/class/bdi/$(awk -v d=$d '$5 == d && / - virtiofs / {print $3}' /proc/self/mountinfo)/read_ahead_kb; done",
     ].join("; "),
   ]);
   equal(r.code, 0, r.messages + r.errOut);
@@ -223,6 +225,7 @@ Deno.test("initx run -v: a read-write volume changes the host directory, a read-
   equal(lines[2], "root:x:0:0:root:/root:/bin/sh");
   equal(lines[3], "up-refused");
   equal(lines[4], "dotdot-refused");
+  equal(lines.slice(5, 7).join(","), "1024,1024", r.out);
   ok(!r.out.includes("outside"), r.out);
   equal(await Deno.readTextFile(join(rw, "out")), "guest\n");
   equal(
