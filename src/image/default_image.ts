@@ -1,7 +1,7 @@
 /**
  * The default image of a fresh machine that cannot reach a registry: a
  * `busybox` equivalent built from the host's static busybox (Debian's
- * `busybox-static`). One gzip'd tar layer holds `/bin/busybox`, a symlink
+ * `busybox-static`). One uncompressed tar layer holds `/bin/busybox`, a symlink
  * per applet (`busybox --list`), `/etc/passwd` and `/etc/group` with root
  * and nobody, and the usual empty directories; the config sets `PATH` and
  * `Cmd ["sh"]` like Docker Hub's busybox. Everything is a real OCI blob
@@ -114,21 +114,6 @@ async function runText(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
-async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
-  const stream = new ReadableStream<Uint8Array>({
-    start(c) {
-      c.enqueue(bytes);
-      c.close();
-    },
-  }).pipeThrough(
-    new CompressionStream("gzip") as unknown as ReadableWritablePair<
-      Uint8Array,
-      Uint8Array
-    >,
-  );
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}
-
 /**
  * Builds the busybox image into `store` and returns its manifest.
  *
@@ -197,9 +182,10 @@ export async function buildBusyboxImage(
       data: text.encode(GROUP),
     },
   );
+  // Uncompressed: the layer never leaves this machine, and every run then
+  // skips inflating it (measured 15-25% of the image's open time).
   const tar = await encodeTar(members);
-  const layerBytes = await gzip(tar);
-  const layer = await store.putBytes(layerBytes);
+  const layer = await store.putBytes(tar);
   const created = new Date(mtimeMs).toISOString();
   const platform = hostPlatform();
   const config: ImageConfig = {
@@ -225,7 +211,7 @@ export async function buildBusyboxImage(
       size: configBlob.size,
     },
     layers: [{
-      mediaType: MEDIA_TYPES.ociLayerGzip,
+      mediaType: MEDIA_TYPES.ociLayer,
       digest: layer.digest,
       size: layer.size,
     }],

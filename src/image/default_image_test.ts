@@ -26,7 +26,7 @@ Deno.test("buildBusyboxImage() makes a real OCI image of the host's static busyb
     const layer = built.manifest.layers[0]!;
     assert.equal(
       layer.mediaType,
-      "application/vnd.oci.image.layer.v1.tar+gzip",
+      "application/vnd.oci.image.layer.v1.tar",
     );
     // Real digests: every blob's file hashes to its name.
     for (const d of [built.manifest.config, layer]) {
@@ -34,14 +34,7 @@ Deno.test("buildBusyboxImage() makes a real OCI image of the host's static busyb
       assert.equal(sha256Digest(data), d.digest);
       assert.equal(data.length, d.size);
     }
-    const gz = await Deno.readFile(store.path(layer.digest));
-    const tar = new Uint8Array(
-      await new Response(
-        new Blob([gz as Uint8Array<ArrayBuffer>]).stream().pipeThrough(
-          new DecompressionStream("gzip"),
-        ),
-      ).arrayBuffer(),
-    );
+    const tar = await Deno.readFile(store.path(layer.digest));
     assert.equal(sha256Digest(tar), built.config.rootfs.diff_ids[0]);
     assert.deepEqual(built.config.config, {
       Env: [
@@ -51,7 +44,7 @@ Deno.test("buildBusyboxImage() makes a real OCI image of the host's static busyb
     });
 
     const entries = new Map<string, LayerEntry>();
-    for await (const e of readLayer(gz, layer.mediaType)) {
+    for await (const e of readLayer(tar, layer.mediaType)) {
       entries.set(e.path, e);
     }
     const busybox = entries.get("bin/busybox")!;
