@@ -23,8 +23,8 @@ const O_WRONLY = 0o1;
 const O_CLOEXEC = 0o2000000;
 /** `struct stat` is 144 bytes on x86_64 and 128 on arm64; `st_dev` is first on both. */
 const STAT_BYTES = 144;
-/** Room for `/sys/class/bdi/4095:1048575/read_ahead_kb` and its NUL. */
-const NAME_BYTES = 64;
+/** Room for `/4095:1048575/read_ahead_kb` and a NUL after the bdi root. */
+const NAME_TAIL_BYTES = 32;
 
 /** The name of the runtime method, added once per program. */
 const METHOD = "$raise_read_ahead";
@@ -85,9 +85,8 @@ function defineMethod(p: ProgramBuilder, bdiRoot: string): void {
       init: m.or(m.and(dev, 0xff), m.and(m.shr(dev, 12), 0xfff00)),
     });
     // The name, written backwards from the buffer's end.
-    const cursor = m.var("cursor", {
-      init: m.add(m.buffer(NAME_BYTES), NAME_BYTES),
-    });
+    const size = new TextEncoder().encode(bdiRoot).length + NAME_TAIL_BYTES;
+    const cursor = m.var("cursor", { init: m.add(m.buffer(size), size) });
     const putByte = (byte: number | Var): void => {
       m.sub(cursor, 1, { into: cursor });
       if (typeof byte === "number") {
