@@ -20,7 +20,7 @@ import {
   forkExecWait,
   mkdir,
   writeBinaryFile,
-} from "../src/initx/fragments.ts";
+} from "../src/initx/fragments/mod.ts";
 
 function steps(): Program {
   const p = new ProgramBuilder();

@@ -22,7 +22,7 @@ import {
   type OnError,
   setHostname,
   trySetHosts,
-} from "./fragments.ts";
+} from "./fragments/mod.ts";
 import { buildInitProgram, type InitModule } from "./init.ts";
 import type { ServeProgramsOptions } from "./program_loop.ts";
 import { raiseReadAhead } from "./read_ahead.ts";

@@ -39,7 +39,7 @@ import {
   type OnError,
   powerOff,
   reboot,
-} from "./fragments.ts";
+} from "./fragments/mod.ts";
 import {
   serveProgramsFragment,
   type ServeProgramsOptions,

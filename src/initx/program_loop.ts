@@ -45,7 +45,7 @@ import {
   type Value,
   type Var,
 } from "../ir/mod.ts";
-import { attachConsole, Errno, exec, type OnError } from "./fragments.ts";
+import { attachConsole, Errno, exec, type OnError } from "./fragments/mod.ts";
 import { DEFAULT_ENV } from "./init.ts";
 import {
   ArchCode,
@@ -274,7 +274,7 @@ const NOW_MS = "$initx.now_ms";
  * @example
  * ```ts
  * import { ProgramBuilder } from "../ir/mod.ts";
- * import { powerOff } from "./fragments.ts";
+ * import { powerOff } from "./fragments/mod.ts";
  * import { serveProgramsFragment } from "./program_loop.ts";
  * new ProgramBuilder().method("main", (m) => {
  *   const onError = { errno: m.var("errno"), goto: "fail" };

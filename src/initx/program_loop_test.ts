@@ -18,7 +18,7 @@ import {
   ProgramBuilder,
   type Statement,
 } from "../ir/mod.ts";
-import { Errno, exec } from "./fragments.ts";
+import { Errno, exec } from "./fragments/mod.ts";
 import {
   buildExecProgram,
   buildProgramLoop,

@@ -23,7 +23,7 @@ import {
   ProtocolError,
   VmTerminatedError,
 } from "./errors.ts";
-import { Errno } from "./fragments.ts";
+import { Errno } from "./fragments/mod.ts";
 import {
   buildExecProgram,
   buildProgramLoopElf,

@@ -14,13 +14,11 @@
  */
 
 import type { MethodBuilder, ProgramBuilder, Var } from "../ir/mod.ts";
+import { AT_FDCWD, O_CLOEXEC, O_WRONLY } from "./fragments/core.ts";
 
 /** The read-ahead {@linkcode raiseReadAhead} sets, in KiB. */
 export const VIRTIOFS_READ_AHEAD_KB = 1024;
 
-const AT_FDCWD = -100;
-const O_WRONLY = 0o1;
-const O_CLOEXEC = 0o2000000;
 /** `struct stat` is 144 bytes on x86_64 and 128 on arm64; `st_dev` is first on both. */
 const STAT_BYTES = 144;
 /** Room for `/4095:1048575/read_ahead_kb` and a NUL after the bdi root. */

@@ -27,7 +27,7 @@ import {
   setHosts,
   setResolvConf,
   writeBinaryFile,
-} from "../../src/initx/fragments.ts";
+} from "../../src/initx/fragments/mod.ts";
 import { buildInitElf, EXIT_STATUS_PREFIX } from "../../src/initx/init.ts";
 import {
   busyboxApplets,

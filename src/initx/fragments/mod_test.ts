@@ -6,14 +6,14 @@
  */
 
 import { deepEqual, equal, match, ok } from "node:assert/strict";
-import { run, type RunResult } from "../ir/_run_test_util.ts";
+import { run, type RunResult } from "../../ir/_run_test_util.ts";
 import {
   type Arch,
   type MethodBuilder,
   type Program,
   ProgramBuilder,
   type Statement,
-} from "../ir/mod.ts";
+} from "../../ir/mod.ts";
 import {
   addDefaultRoute,
   attempt,
@@ -34,8 +34,8 @@ import {
   setResolvConf,
   trySetHosts,
   writeBinaryFile,
-} from "./fragments.ts";
-import { withTempDir } from "../../tests/_util.ts";
+} from "./mod.ts";
+import { withTempDir } from "../../../tests/_util.ts";
 
 const ARCHES: readonly Arch[] = ["x86_64", "aarch64"];
 
