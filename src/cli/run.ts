@@ -285,6 +285,20 @@ export async function runCommand(
   let timedOut = false;
   const shares: GuestShare[] = [];
   const progress = progressPrinter("initx run", err);
+  // --debug: when each step ended, in ms since the process started (the
+  // first figure is Deno's start and module loading).
+  let last = performance.now();
+  const step = (what: string) => {
+    if (!values.debug) return;
+    const now = performance.now();
+    err(
+      `initx run: ${what} at ${now.toFixed(0)} ms (+${
+        (now - last).toFixed(0)
+      } ms)`,
+    );
+    last = now;
+  };
+  step("started");
   try {
     for (const v of volumes) {
       const info = await Deno.stat(v.host).catch(() => undefined);
@@ -311,8 +325,10 @@ export async function runCommand(
       reachable: offline ? () => Promise.resolve(false) : undefined,
     });
     progress.done();
+    step("image resolved");
     signal.throwIfAborted();
     const root = await openImageFilesystem(resolved);
+    step("image filesystem open");
     const cmd = resolveContainerCommand(root, resolved.config.config ?? {}, {
       command,
       env: values.env,
@@ -323,6 +339,7 @@ export async function runCommand(
     const kernel = values.kernel !== undefined
       ? { image: values.kernel }
       : await ensureKernel({ onProgress: (line) => err(`initx run: ${line}`) });
+    step("kernel found");
     vm = await VirtualMachine.create({
       cpus,
       memoryMiB,
@@ -354,6 +371,7 @@ export async function runCommand(
       );
     }
     await vm.boot({ timeoutMs: bootTimeoutMs, signal });
+    step("booted (init connected)");
     if (values.tty) {
       const env = cmd.env.some((e) => e.startsWith("TERM="))
         ? cmd.env
@@ -410,9 +428,13 @@ export async function runCommand(
           signal,
         },
       );
+      step("command exited");
       return 0;
     } catch (e) {
-      if (e instanceof ExitError) return e.code;
+      if (e instanceof ExitError) {
+        step("command exited");
+        return e.code;
+      }
       throw e;
     }
   } catch (e) {
@@ -440,5 +462,6 @@ export async function runCommand(
     }
     await vm?.close();
     for (const s of shares) s.filesystem.destroy();
+    step("VM closed");
   }
 }

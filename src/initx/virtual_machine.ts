@@ -380,6 +380,11 @@ export class VirtualMachine {
       timeoutMs: options.timeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS,
       signal: options.signal,
     });
+    for (const fs of fsDevices) {
+      o.debug?.(
+        `virtio-fs ${fs.tag}: ${fs.server.requests} requests (${fs.server.errors} errors) until the init connected`,
+      );
+    }
   }
 
   /**
