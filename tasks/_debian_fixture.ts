@@ -260,7 +260,7 @@ export async function packRootfs(
     await Deno.rename(`${layerTar}.gz`, join(blobs, layer.digest.slice(7)));
     const writeBlob = async (doc: unknown) => {
       const bytes = new TextEncoder().encode(JSON.stringify(doc));
-      const digest = sha256Digest(bytes);
+      const digest = await sha256Digest(bytes);
       await Deno.writeFile(join(blobs, digest.slice(7)), bytes);
       return { digest, size: bytes.length };
     };

@@ -25,12 +25,14 @@
 
 import { basename, dirname, join, resolve } from "node:path";
 import { ALPINE_KEYS } from "./alpine_keys.ts";
-import {
-  type ApkIndexEntry,
-  readSignedApkIndex,
-  verifiedApkData,
-} from "./apk.ts";
-import { extractDeb, extractTar, gunzip, readTar } from "./archive.ts";
+import type { ApkIndexEntry } from "./apk.ts";
+
+// The package readers (`apk.ts`, `archive.ts`) are loaded only when a kernel
+// is fetched: they bring `node:zlib` and `node:crypto`, whose loading is a
+// large share of a cold `initx run`'s start-up on a slow CPU, and a run with
+// a cached kernel never needs them.
+const archiveReaders = () => import("./archive.ts");
+const apkReaders = () => import("./apk.ts");
 
 /** CPU architecture of a kernel, in the kernel's own spelling. */
 export type KernelArch = "x86_64" | "aarch64";
@@ -704,6 +706,7 @@ async function debianKernel(
       if (await commandExists("dpkg-deb")) {
         await run("dpkg-deb", ["-x", deb, root]);
       } else {
+        const { extractDeb } = await archiveReaders();
         await extractDeb(await Deno.readFile(deb), root);
       }
     } catch (error) {
@@ -812,6 +815,7 @@ async function alpineIndexEntry(
   indexUrl: string,
   keys: Readonly<Record<string, string>>,
 ): Promise<ApkIndexEntry> {
+  const { readSignedApkIndex } = await apkReaders();
   const entries = await readSignedApkIndex(archive, { keys, source: indexUrl });
   const entry = entries.find((e) => e.name === ALPINE_PACKAGE);
   if (entry === undefined) {
@@ -845,12 +849,16 @@ async function alpineKernel(context: AlpineContext): Promise<KernelInfo> {
   const info = await cachedOrFetched(context, entryDir, label, async (temp) => {
     const file = `${ALPINE_PACKAGE}-${version}.apk`;
     context.progress(`fetching kernel ${file} from ${mirror} ...`);
-    const apk = await download(`${base}/${file}`, `kernel package ${file}`);
+    const apkBytes = await download(
+      `${base}/${file}`,
+      `kernel package ${file}`,
+    );
     // Only the data member, checked against the signed index, is unpacked.
-    const data = await verifiedApkData(apk, pkg);
+    const data = await (await apkReaders()).verifiedApkData(apkBytes, pkg);
     context.progress(`unpacking ${file} ...`);
     const root = join(temp, "root");
     try {
+      const { extractTar, gunzip, readTar } = await archiveReaders();
       await extractTar(readTar(await gunzip(data)), root);
     } catch (error) {
       throw new Error(

@@ -14,7 +14,6 @@
  */
 
 import { basename, join } from "node:path";
-import { gunzip } from "./archive.ts";
 
 /** What a module's `.modinfo` section says about it. */
 export interface ModuleInfo {
@@ -93,7 +92,11 @@ export async function readModuleBytes(path: string): Promise<Uint8Array> {
     );
   }
   const bytes = await Deno.readFile(path);
-  return path.endsWith(".gz") ? await gunzip(bytes) : bytes;
+  if (!path.endsWith(".gz")) return bytes;
+  // Loaded on first use: `node:zlib` costs start-up time a run of plain
+  // `.ko` modules does not need.
+  const { gunzip } = await import("./archive.ts");
+  return await gunzip(bytes);
 }
 
 /**

@@ -75,7 +75,7 @@ Deno.test("ImageStore.resolve() reads an OCI layout by tag, and by platform thro
       ["bin", "bin/hello", "etc", "etc/motd"],
       ["etc/.wh.motd", "etc/issue"],
     ]);
-    assert.equal(image.layers[1]!.diffId, sha256Digest(amd.tars[1]!));
+    assert.equal(image.layers[1]!.diffId, await sha256Digest(amd.tars[1]!));
     const multi = await store.resolve(`oci:${layout}:multi`, {
       platform: "linux/arm64",
     });
@@ -149,14 +149,14 @@ async function dockerSave(
   { archive: Uint8Array; configDigest: string; layerTars: Uint8Array[] }
 > {
   const layerTars = await Promise.all(layers.map((l) => encodeTar(l)));
-  const diffIds = layerTars.map((t) => sha256Digest(t));
+  const diffIds = await Promise.all(layerTars.map((t) => sha256Digest(t)));
   const config = bytes(JSON.stringify({
     architecture: "amd64",
     os: "linux",
     config: { Cmd: ["/bin/hello"], Env: ["PATH=/bin"] },
     rootfs: { type: "layers", diff_ids: diffIds },
   }));
-  const configDigest = sha256Digest(config);
+  const configDigest = await sha256Digest(config);
   const members: TarInput[] = [];
   const layerNames: string[] = [];
   layerTars.forEach((tar, i) => {
@@ -202,7 +202,7 @@ Deno.test("ImageStore.resolve() reads a docker save archive", async () => {
       assert.deepEqual(image.config.config?.Cmd, ["/bin/hello"]);
       assert.deepEqual(
         image.layers.map((l) => l.descriptor.digest),
-        saved.layerTars.map((t) => sha256Digest(t)),
+        await Promise.all(saved.layerTars.map((t) => sha256Digest(t))),
       );
       assert.deepEqual(await allEntries(image), [
         ["bin", "bin/hello", "etc", "etc/motd"],

@@ -9,9 +9,9 @@
  * @module
  */
 
-import { createHash, type Hash } from "node:crypto";
+import type { Hash } from "node:crypto";
 import { join } from "node:path";
-import { checkDigest } from "./oci.ts";
+import { checkDigest, digestOf } from "./oci.ts";
 
 /** Options of {@linkcode BlobStore.put}. */
 export interface PutOptions {
@@ -34,8 +34,20 @@ export interface StoredBlob {
 /** Temporary files older than this are left over from a dead process. */
 const STALE_TEMP_MS = 24 * 60 * 60 * 1000;
 
-function hashFor(digest: string | undefined): [Hash, string] {
+/**
+ * Blobs up to this size are read whole and checked with Web Crypto; larger
+ * ones stream through an incremental hash (`node:crypto`).
+ */
+const WHOLE_READ_BYTES = 64 * 1024 * 1024;
+
+/**
+ * An incremental hash for `digest`'s algorithm. `node:crypto` is loaded on
+ * first use, not at start-up: its loading is a large share of a cold `initx
+ * run`, which reads its (small) cached blobs whole.
+ */
+async function hashFor(digest: string | undefined): Promise<[Hash, string]> {
   const algorithm = digest ? digest.slice(0, digest.indexOf(":")) : "sha256";
+  const { createHash } = await import("node:crypto");
   return [createHash(algorithm), algorithm];
 }
 
@@ -61,10 +73,16 @@ async function exists(path: string): Promise<Deno.FileInfo | undefined> {
  */
 export class BlobStore {
   #root: string;
+  #wholeReadBytes: number;
 
   /** A store rooted at `root` (created on first write). */
-  constructor(root: string) {
+  /**
+   * `root`: the directory. `options.wholeReadBytes`: blobs up to this size
+   * are read whole by {@linkcode BlobStore.open} (default 64 MiB).
+   */
+  constructor(root: string, options: { wholeReadBytes?: number } = {}) {
     this.#root = root;
+    this.#wholeReadBytes = options.wholeReadBytes ?? WHOLE_READ_BYTES;
   }
 
   /** The store's directory. */
@@ -111,7 +129,7 @@ export class BlobStore {
     const tmpDir = join(this.#root, "tmp");
     await Deno.mkdir(tmpDir, { recursive: true });
     const tmp = join(tmpDir, `${crypto.randomUUID()}.partial`);
-    const [hash, algorithm] = hashFor(expected || undefined);
+    const [hash, algorithm] = await hashFor(expected || undefined);
     let received = 0;
     const what = expected ? `the blob ${expected}` : "a blob";
     try {
@@ -169,8 +187,10 @@ export class BlobStore {
   }
 
   /**
-   * Opens a stored blob as a stream that checks its digest at the end; a
-   * blob that no longer matches its name errors the stream and is removed.
+   * Opens a stored blob as a stream of verified bytes. A blob of up to 64
+   * MiB (`wholeReadBytes`) is read and checked before this resolves; a larger one streams and
+   * is checked at its end. A blob that no longer matches its name is
+   * removed, and the call (or the stream) fails.
    */
   async open(digest: string): Promise<ReadableStream<Uint8Array>> {
     const path = this.path(digest);
@@ -185,7 +205,45 @@ export class BlobStore {
       }
       throw e;
     }
-    const [hash, algorithm] = hashFor(digest);
+    const damaged = async (got: string) => {
+      await Deno.remove(path).catch(() => {});
+      return new Error(
+        `Cannot read the blob ${digest} from the cache: its content has the digest ${got}; the damaged blob was removed, pull the image again`,
+      );
+    };
+    let size: number;
+    try {
+      size = (await file.stat()).size;
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+    if (size <= this.#wholeReadBytes) {
+      let bytes: Uint8Array;
+      try {
+        bytes = new Uint8Array(await new Response(file.readable).arrayBuffer());
+      } catch (e) {
+        throw new Error(`Cannot read the blob ${digest} from the cache`, {
+          cause: e,
+        });
+      }
+      const got = await digestOf(bytes, digest.slice(0, digest.indexOf(":")));
+      if (got !== digest) throw await damaged(got);
+      return new ReadableStream({
+        start(controller) {
+          if (bytes.length > 0) controller.enqueue(bytes);
+          controller.close();
+        },
+      });
+    }
+    let hashing: [Hash, string];
+    try {
+      hashing = await hashFor(digest);
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+    const [hash, algorithm] = hashing;
     const check = new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, controller) {
         hash.update(chunk);
@@ -193,14 +251,7 @@ export class BlobStore {
       },
       async flush(controller) {
         const got = `${algorithm}:${hash.digest("hex")}`;
-        if (got !== digest) {
-          await Deno.remove(path).catch(() => {});
-          controller.error(
-            new Error(
-              `Cannot read the blob ${digest} from the cache: its content has the digest ${got}; the damaged blob was removed, pull the image again`,
-            ),
-          );
-        }
+        if (got !== digest) controller.error(await damaged(got));
       },
     });
     return file.readable.pipeThrough(check);

@@ -24,7 +24,7 @@ Deno.test("BlobStore.put() stores a blob under its digest after checking it", as
   await withTempDir(async (root) => {
     const store = new BlobStore(root);
     const data = bytes("hello, blob");
-    const digest = sha256Digest(data);
+    const digest = await sha256Digest(data);
     const blob = await store.put(
       streamOf(data.subarray(0, 3), data.subarray(3)),
       {
@@ -55,7 +55,7 @@ Deno.test("BlobStore.put() refuses a wrong digest and leaves the cache clean", a
   await withTempDir(async (root) => {
     const store = new BlobStore(root);
     const data = bytes("the real content");
-    const lie = sha256Digest(bytes("something else"));
+    const lie = await sha256Digest(bytes("something else"));
     await assert.rejects(
       store.put(streamOf(data), { digest: lie, size: data.length }),
       /Cannot store the blob sha256:[0-9a-f]+: its content has the digest sha256:/,
@@ -69,7 +69,7 @@ Deno.test("BlobStore.put() refuses a truncated or overlong blob and leaves the c
   await withTempDir(async (root) => {
     const store = new BlobStore(root);
     const data = bytes("0123456789");
-    const digest = sha256Digest(data);
+    const digest = await sha256Digest(data);
     await assert.rejects(
       store.put(streamOf(data.subarray(0, 6)), { digest, size: data.length }),
       /got 6 of 10 bytes \(the download was cut short\)/,
@@ -107,6 +107,21 @@ Deno.test("BlobStore.open() finds a blob damaged on disk and removes it", async 
     );
     assert.equal(await store.has(digest), false);
     await assert.rejects(store.open(digest), /it is not in the cache/);
+  });
+});
+
+Deno.test("BlobStore.open() streams a blob past wholeReadBytes and checks it at its end", async () => {
+  await withTempDir(async (root) => {
+    const store = new BlobStore(root, { wholeReadBytes: 4 });
+    const { digest } = await store.putBytes(bytes("pristine"));
+    assert.deepEqual(await store.readBytes(digest), bytes("pristine"));
+    await Deno.writeFile(store.path(digest), bytes("tampered"));
+    const stream = await store.open(digest);
+    await assert.rejects(
+      new Response(stream).arrayBuffer(),
+      /Cannot read the blob sha256:[0-9a-f]+ from the cache: its content has the digest .* the damaged blob was removed/,
+    );
+    assert.equal(await store.has(digest), false);
   });
 });
 

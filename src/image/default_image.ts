@@ -193,7 +193,7 @@ export async function buildBusyboxImage(
     architecture: platform.architecture,
     os: platform.os,
     config: { Env: [`PATH=${DEFAULT_IMAGE_PATH}`], Cmd: ["sh"] },
-    rootfs: { type: "layers", diff_ids: [sha256Digest(tar)] },
+    rootfs: { type: "layers", diff_ids: [await sha256Digest(tar)] },
     history: [{
       created,
       created_by: `initx: ${busybox} (${version}) with a link per applet`,

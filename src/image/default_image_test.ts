@@ -31,11 +31,11 @@ Deno.test("buildBusyboxImage() makes a real OCI image of the host's static busyb
     // Real digests: every blob's file hashes to its name.
     for (const d of [built.manifest.config, layer]) {
       const data = await Deno.readFile(store.path(d.digest));
-      assert.equal(sha256Digest(data), d.digest);
+      assert.equal(await sha256Digest(data), d.digest);
       assert.equal(data.length, d.size);
     }
     const tar = await Deno.readFile(store.path(layer.digest));
-    assert.equal(sha256Digest(tar), built.config.rootfs.diff_ids[0]);
+    assert.equal(await sha256Digest(tar), built.config.rootfs.diff_ids[0]);
     assert.deepEqual(built.config.config, {
       Env: [
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { ensurePackages } from "../../tasks/_packages.ts";
 import {
@@ -15,7 +16,6 @@ import {
   MEDIA_TYPES,
   type Platform,
   REF_NAME_ANNOTATION,
-  sha256Digest,
 } from "./oci.ts";
 import { encodeTar, type TarInput } from "./tar.ts";
 
@@ -48,10 +48,19 @@ export interface TestBlob {
   descriptor: Descriptor;
 }
 
+/** `sha256Digest`, synchronous (`node:crypto` costs tests nothing). */
+function syncSha256Digest(data: Uint8Array): string {
+  return `sha256:${createHash("sha256").update(data).digest("hex")}`;
+}
+
 function blob(data: Uint8Array, mediaType: string): TestBlob {
   return {
     data,
-    descriptor: { mediaType, digest: sha256Digest(data), size: data.length },
+    descriptor: {
+      mediaType,
+      digest: syncSha256Digest(data),
+      size: data.length,
+    },
   };
 }
 
@@ -92,7 +101,10 @@ export async function makeImage(
     architecture: platform.architecture,
     os: platform.os,
     config: options.config ?? { Cmd: ["sh"], Env: ["PATH=/bin"] },
-    rootfs: { type: "layers", diff_ids: tars.map((t) => sha256Digest(t)) },
+    rootfs: {
+      type: "layers",
+      diff_ids: tars.map(syncSha256Digest),
+    },
   };
   if (platform.variant) config.variant = platform.variant;
   const configBlob = blob(

@@ -8,8 +8,6 @@
  * @module
  */
 
-import { Duplex } from "node:stream";
-import { createZstdDecompress } from "node:zlib";
 import type { LayerEntry } from "../vfs/layer.ts";
 import { decodeTar } from "./tar.ts";
 
@@ -118,6 +116,50 @@ export function sniffCompression(
 }
 
 /**
+ * A zstd decompressor from `node:zlib`, loaded on first use: `node:zlib`
+ * and `node:stream` cost start-up time that gzip and plain layers do not
+ * need.
+ */
+async function zstdDecompressor(): Promise<
+  ReadableWritablePair<Uint8Array, Uint8Array>
+> {
+  const [{ createZstdDecompress }, { Duplex }] = await Promise.all([
+    import("node:zlib"),
+    import("node:stream"),
+  ]);
+  if (typeof createZstdDecompress !== "function") {
+    throw new Error(
+      "Cannot decompress a zstd layer: this runtime's node:zlib has no zstd (use a gzip image)",
+    );
+  }
+  return Duplex.toWeb(
+    createZstdDecompress(),
+  ) as unknown as ReadableWritablePair<
+    Uint8Array,
+    Uint8Array
+  >;
+}
+
+/** `stream` piped through a transform made (asynchronously) on first read. */
+function lazilyPiped(
+  stream: ReadableStream<Uint8Array>,
+  make: () => Promise<ReadableWritablePair<Uint8Array, Uint8Array>>,
+): ReadableStream<Uint8Array> {
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      reader ??= stream.pipeThrough(await make()).getReader();
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    async cancel(reason) {
+      await (reader ?? stream).cancel(reason);
+    },
+  });
+}
+
+/**
  * Decompresses a stream. gzip uses the Web `DecompressionStream`; zstd uses
  * `node:zlib`, since Deno 2.9's `DecompressionStream` does not know `"zstd"`.
  */
@@ -135,18 +177,8 @@ export function decompress(
           Uint8Array
         >,
       );
-    case "zstd": {
-      if (typeof createZstdDecompress !== "function") {
-        throw new Error(
-          "Cannot decompress a zstd layer: this runtime's node:zlib has no zstd (use a gzip image)",
-        );
-      }
-      const pair = Duplex.toWeb(createZstdDecompress()) as unknown as {
-        readable: ReadableStream<Uint8Array>;
-        writable: WritableStream<Uint8Array>;
-      };
-      return stream.pipeThrough(pair);
-    }
+    case "zstd":
+      return lazilyPiped(stream, zstdDecompressor);
     default: {
       const never: never = compression;
       throw new Error(`Cannot decompress: unknown compression "${never}"`);

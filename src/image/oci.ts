@@ -8,8 +8,6 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
-
 /** Media types of manifests and indexes (OCI media-types.md; Docker schema 2). */
 export const MEDIA_TYPES = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
@@ -130,17 +128,51 @@ export interface ImageConfig {
   }[];
 }
 
+/** Web Crypto names of the digest algorithms initx computes. */
+const DIGEST_ALGORITHMS: Readonly<Record<string, string>> = {
+  sha256: "SHA-256",
+  sha512: "SHA-512",
+};
+
+/**
+ * The `ALGORITHM:HEX` digest of `bytes` (sha256 or sha512), through Web
+ * Crypto: `node:crypto` would cost every start-up its loading time.
+ *
+ * @example
+ * ```ts
+ * import { digestOf } from "./oci.ts";
+ * console.log(await digestOf(new Uint8Array(), "sha512")); // sha512:cf83e135...
+ * ```
+ */
+export async function digestOf(
+  bytes: Uint8Array,
+  algorithm: string,
+): Promise<string> {
+  const name = DIGEST_ALGORITHMS[algorithm];
+  if (name === undefined) {
+    throw new Error(
+      `Cannot compute a ${algorithm} digest: initx verifies sha256 and sha512 only`,
+    );
+  }
+  const hash = new Uint8Array(
+    await crypto.subtle.digest(name, bytes as Uint8Array<ArrayBuffer>),
+  );
+  let hex = "";
+  for (const b of hash) hex += b.toString(16).padStart(2, "0");
+  return `${algorithm}:${hex}`;
+}
+
 /**
  * The `sha256:` digest of `bytes`.
  *
  * @example
  * ```ts
  * import { sha256Digest } from "./oci.ts";
- * console.log(sha256Digest(new Uint8Array())); // sha256:e3b0c442...
+ * console.log(await sha256Digest(new Uint8Array())); // sha256:e3b0c442...
  * ```
  */
-export function sha256Digest(bytes: Uint8Array): string {
-  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+export function sha256Digest(bytes: Uint8Array): Promise<string> {
+  return digestOf(bytes, "sha256");
 }
 
 /** A digest's form (OCI descriptor.md "Digests"); initx verifies sha256 and sha512. */

@@ -10,9 +10,8 @@
  */
 
 import { findCredentials, type RegistryCredentials } from "./docker_config.ts";
-import { MEDIA_TYPES, sha256Digest } from "./oci.ts";
+import { digestOf, MEDIA_TYPES } from "./oci.ts";
 import { DOCKER_HUB, DOCKER_HUB_API_HOST } from "./reference.ts";
-import { createHash } from "node:crypto";
 
 /** Options of {@linkcode RegistryClient}. */
 export interface RegistryClientOptions {
@@ -149,11 +148,6 @@ async function errorDetail(res: Response): Promise<string> {
     // not the registry's JSON error body
   }
   return text.trim().slice(0, 200);
-}
-
-function digestOf(bytes: Uint8Array, algorithm: string): string {
-  if (algorithm === "sha256") return sha256Digest(bytes);
-  return `${algorithm}:${createHash(algorithm).update(bytes).digest("hex")}`;
 }
 
 async function readLimited(res: Response, limit: number): Promise<Uint8Array> {
@@ -415,7 +409,7 @@ export class RegistryClient {
       ? reference
       : res.headers.get("docker-content-digest") ?? undefined;
     const algorithm = expected?.split(":")[0] ?? "sha256";
-    const digest = digestOf(bytes, algorithm);
+    const digest = await digestOf(bytes, algorithm);
     if (expected !== undefined && digest !== expected) {
       throw new Error(
         `Cannot use the manifest of ${what}: its content has the digest ${digest}, not ${expected}`,

@@ -19,6 +19,8 @@ export const ENXIO = 6;
 export const E2BIG = 7;
 /** Bad file handle. */
 export const EBADF = 9;
+/** Try again (a resource is not ready yet). */
+export const EAGAIN = 11;
 /** Out of memory. */
 export const ENOMEM = 12;
 /** Permission denied. */

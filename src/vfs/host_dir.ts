@@ -34,9 +34,9 @@
  * @module
  */
 
-import { statfsSync } from "node:fs";
 import {
   EACCES,
+  EAGAIN,
   EBADF,
   EEXIST,
   EFBIG,
@@ -127,6 +127,20 @@ interface FileHandle {
 }
 
 /**
+ * `node:fs`'s `statfsSync` (Deno has no statfs), loaded when the first
+ * share is made rather than at start-up: loading `node:fs` costs about a
+ * third of the module's import time, which every `initx` command pays.
+ */
+let statfsSync: typeof import("node:fs").statfsSync | undefined;
+let statfsLoading: Promise<void> | undefined;
+
+function loadStatfs(): Promise<void> {
+  return statfsLoading ??= import("node:fs").then((fs) => {
+    statfsSync = fs.statfsSync;
+  });
+}
+
+/**
  * A filesystem backed by a host directory, confined to it.
  *
  * @example
@@ -147,6 +161,11 @@ export class HostDirFs implements Filesystem {
   readonly readOnly: boolean;
   /** The root, as its canonical host path. */
   readonly root: string;
+  /**
+   * Resolves once `statfs()` can answer (it loads `node:fs`, a few ms);
+   * until then `statfs()` fails with EAGAIN. A VM's guest asks long after.
+   */
+  readonly ready: Promise<void>;
 
   #nodes = new Map<number, Node>();
   #byIdentity = new Map<string, number>();
@@ -192,6 +211,7 @@ export class HostDirFs implements Filesystem {
     };
     this.#nodes.set(ROOT_NODE_ID, node);
     this.#byIdentity.set(identity(node), ROOT_NODE_ID);
+    this.ready = loadStatfs();
   }
 
   lookup(parent: number, name: string): Entry {
@@ -420,6 +440,7 @@ export class HostDirFs implements Filesystem {
 
   statfs(_nodeid: number): StatFs {
     return this.#guard(() => {
+      if (statfsSync === undefined) throw new FsError(EAGAIN);
       const s = statfsSync(this.root);
       return {
         blocks: Number(s.blocks),

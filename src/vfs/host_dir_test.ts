@@ -402,9 +402,10 @@ Deno.test("HostDirFs.readdir() lists . and .. first and continues from an offset
   );
 });
 
-Deno.test("HostDirFs fallocate(), lseek(), statfs() and xattr calls", () => {
+Deno.test("HostDirFs fallocate(), lseek(), statfs() and xattr calls", async () => {
   using box = sandbox();
   const fs = new HostDirFs(box.share);
+  await fs.ready;
   const file = fs.lookup(ROOT_NODE_ID, "file.txt").nodeid;
   const { fh } = fs.open(file, O_RDWR);
   fs.fallocate(file, fh, 0, 100, 0);
