@@ -81,6 +81,17 @@ function reader() {
   return p.build();
 }
 
+/**
+ * CPU time (user + system) of the thread or process whose `stat` file this
+ * is, in ms (`proc(5)`: fields 14 and 15, in clock ticks of 10 ms).
+ */
+function cpuMs(statPath: string): number {
+  const stat = Deno.readTextFileSync(statPath);
+  // The command name (field 2) may hold spaces: count from its ")".
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 /** The C floor's exit round trip in microseconds (median of 3 runs). */
 async function exitFloorUs(): Promise<Stats | undefined> {
   const floor = Deno.env.get("INITX_C_FLOOR");
@@ -136,11 +147,20 @@ const empty = emptyProgram();
 for (let i = 0; i < 20; i++) await vm.run(empty);
 const rtt: number[] = [];
 const exits0 = vm.exitCount();
+const cpu0 = {
+  main: cpuMs("/proc/thread-self/stat"),
+  all: cpuMs("/proc/self/stat"),
+};
+const wall0 = performance.now();
 for (let i = 0; i < ROUNDS; i++) {
   const t0 = performance.now();
   await vm.run(empty);
   rtt.push((performance.now() - t0) * 1000);
 }
+const wallPerProgram = (performance.now() - wall0) / ROUNDS;
+const mainCpuPerProgram = (cpuMs("/proc/thread-self/stat") - cpu0.main) /
+  ROUNDS;
+const allCpuPerProgram = (cpuMs("/proc/self/stat") - cpu0.all) / ROUNDS;
 const exitsPerProgram = (vm.exitCount() - exits0) / ROUNDS;
 
 const bytes = STREAM_MIB * 1024 * 1024;
@@ -182,6 +202,13 @@ console.log(
 );
 console.log(
   `userspace exits per program round trip: ${f(exitsPerProgram, 1)}`,
+);
+console.log(
+  `host CPU per program round trip: main thread ${
+    f(mainCpuPerProgram, 2)
+  } ms, whole process (vCPU threads and the guest's own time included) ${
+    f(allCpuPerProgram, 2)
+  } ms, of ${f(wallPerProgram, 2)} ms wall`,
 );
 const floors = [floorBefore, floorAfter].filter((x) => x !== undefined);
 if (floors.length > 0) {

@@ -193,6 +193,24 @@ export class BlobStore {
    * removed, and the call (or the stream) fails.
    */
   async open(digest: string): Promise<ReadableStream<Uint8Array>> {
+    const opened = await this.#open(digest, true);
+    if (!(opened instanceof Uint8Array)) return opened;
+    return new ReadableStream({
+      start(controller) {
+        if (opened.length > 0) controller.enqueue(opened);
+        controller.close();
+      },
+    });
+  }
+
+  /**
+   * The verified bytes of a blob up to `wholeReadBytes` (else, with
+   * `streamLarger`, its checking stream).
+   */
+  async #open(
+    digest: string,
+    streamLarger: boolean,
+  ): Promise<Uint8Array | ReadableStream<Uint8Array>> {
     const path = this.path(digest);
     let file: Deno.FsFile;
     try {
@@ -218,7 +236,7 @@ export class BlobStore {
       file.close();
       throw e;
     }
-    if (size <= this.#wholeReadBytes) {
+    if (size <= this.#wholeReadBytes || !streamLarger) {
       let bytes: Uint8Array;
       try {
         bytes = new Uint8Array(await new Response(file.readable).arrayBuffer());
@@ -229,12 +247,7 @@ export class BlobStore {
       }
       const got = await digestOf(bytes, digest.slice(0, digest.indexOf(":")));
       if (got !== digest) throw await damaged(got);
-      return new ReadableStream({
-        start(controller) {
-          if (bytes.length > 0) controller.enqueue(bytes);
-          controller.close();
-        },
-      });
+      return bytes;
     }
     let hashing: [Hash, string];
     try {
@@ -257,11 +270,14 @@ export class BlobStore {
     return file.readable.pipeThrough(check);
   }
 
-  /** Reads a (small) stored blob whole, verified. */
+  /** Reads a stored blob whole, verified (any size: it is held in memory). */
   async readBytes(digest: string): Promise<Uint8Array> {
-    return new Uint8Array(
-      await new Response(await this.open(digest)).arrayBuffer(),
-    );
+    return await this.#open(digest, false) as Uint8Array;
+  }
+
+  /** Blobs up to this size are read whole by {@linkcode BlobStore.open}. */
+  get wholeReadBytes(): number {
+    return this.#wholeReadBytes;
   }
 
   /** Removes a blob (no error when it is not there). */

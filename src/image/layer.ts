@@ -9,7 +9,12 @@
  */
 
 import type { LayerEntry } from "../vfs/layer.ts";
-import { decodeTar } from "./tar.ts";
+import {
+  decodeTar,
+  decodeTarBytes,
+  type TarMember,
+  type TarMemberBytes,
+} from "./tar.ts";
 
 /** OCI and Docker layer media types (OCI image spec, layer.md and media-types.md). */
 export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
@@ -267,50 +272,103 @@ export async function* readLayer(
       }`,
     );
   }
-  const source = blob instanceof Uint8Array ? bytesStream(blob) : blob;
-  const [head, stream] = await peek(source, ZSTD_MAGIC.length);
+  if (blob instanceof Uint8Array) {
+    yield* readLayerBytes(blob, mediaType, options);
+    return;
+  }
+  const [head, stream] = await peek(blob, ZSTD_MAGIC.length);
   const compression = sniffCompression(head, mediaType);
   try {
     for await (const m of decodeTar(decompress(stream, compression))) {
-      const path = normalizeLayerPath(m.name);
-      if (path === "" && !options.keepRoot) {
-        await m.body.cancel();
-        continue;
-      }
-      const entry: LayerEntry = {
-        path,
-        type: m.kind,
-        mode: m.mode,
-        uid: m.uid,
-        gid: m.gid,
-        mtimeMs: m.mtimeMs,
-      };
+      const entry = layerEntry(m, options);
+      if (entry === undefined || m.kind !== "file") await m.body.cancel();
+      if (entry === undefined) continue;
       if (m.kind === "file") entry.data = await readAll(m.body);
-      else await m.body.cancel();
-      if (m.kind === "symlink") entry.linkTarget = m.linkName ?? "";
-      if (m.kind === "hardlink") {
-        entry.linkTarget = normalizeLayerPath(m.linkName ?? "");
-        if (entry.linkTarget === "") {
-          throw new Error(
-            `Cannot read the layer entry "${m.name}": a hard link to the root`,
-          );
-        }
-      }
-      if (m.kind === "char" || m.kind === "block") {
-        entry.devMajor = m.devMajor;
-        entry.devMinor = m.devMinor;
-      }
-      if (m.xattrs) entry.xattrs = m.xattrs;
       yield entry;
     }
   } catch (e) {
-    const message = (e as Error).message;
-    if (message.startsWith("Cannot read the layer")) throw e;
-    throw new Error(
-      `Cannot read the layer (${
-        compression === "none" ? "tar" : compression
-      }): ${lowerFirst(message.replace(/\.$/, ""))}`,
-      { cause: e },
-    );
+    throw layerError(e, compression);
   }
+}
+
+/**
+ * {@linkcode readLayer} of a blob in memory: decompressed whole, then read
+ * with {@linkcode decodeTarBytes}, without a stream per member. The entries
+ * are the same as the streaming path's.
+ */
+async function* readLayerBytes(
+  blob: Uint8Array,
+  mediaType: string,
+  options: ReadLayerOptions,
+): AsyncGenerator<LayerEntry> {
+  const compression = sniffCompression(
+    blob.subarray(0, ZSTD_MAGIC.length),
+    mediaType,
+  );
+  let members: TarMemberBytes[];
+  try {
+    const tar = compression === "none"
+      ? blob
+      : await readAll(decompress(bytesStream(blob), compression));
+    members = await decodeTarBytes(tar);
+  } catch (e) {
+    throw layerError(e, compression);
+  }
+  try {
+    for (const m of members) {
+      const entry = layerEntry(m, options);
+      if (entry === undefined) continue;
+      if (m.kind === "file") entry.data = m.data;
+      yield entry;
+    }
+  } catch (e) {
+    throw layerError(e, compression);
+  }
+}
+
+/**
+ * The entry of a tar member, without its data; undefined for the root
+ * (unless `keepRoot`). Throws for a hard link to the root.
+ */
+function layerEntry(
+  m: Omit<TarMember, "body">,
+  options: ReadLayerOptions,
+): LayerEntry | undefined {
+  const path = normalizeLayerPath(m.name);
+  if (path === "" && !options.keepRoot) return undefined;
+  const entry: LayerEntry = {
+    path,
+    type: m.kind,
+    mode: m.mode,
+    uid: m.uid,
+    gid: m.gid,
+    mtimeMs: m.mtimeMs,
+  };
+  if (m.kind === "symlink") entry.linkTarget = m.linkName ?? "";
+  if (m.kind === "hardlink") {
+    entry.linkTarget = normalizeLayerPath(m.linkName ?? "");
+    if (entry.linkTarget === "") {
+      throw new Error(
+        `Cannot read the layer entry "${m.name}": a hard link to the root`,
+      );
+    }
+  }
+  if (m.kind === "char" || m.kind === "block") {
+    entry.devMajor = m.devMajor;
+    entry.devMinor = m.devMinor;
+  }
+  if (m.xattrs) entry.xattrs = m.xattrs;
+  return entry;
+}
+
+/** A layer reading error, named as such with the layer's compression. */
+function layerError(e: unknown, compression: LayerCompression): Error {
+  const message = (e as Error).message;
+  if (message.startsWith("Cannot read the layer")) return e as Error;
+  return new Error(
+    `Cannot read the layer (${compression === "none" ? "tar" : compression}): ${
+      lowerFirst(message.replace(/\.$/, ""))
+    }`,
+    { cause: e },
+  );
 }

@@ -3,19 +3,42 @@ import { join } from "node:path";
 import { needTool } from "../../tests/_gate.ts";
 import type { LayerEntry } from "../vfs/layer.ts";
 import { bytes, gzipBytes, withTempDir } from "./image_test_util.ts";
-import { normalizeLayerPath, readLayer, sniffCompression } from "./layer.ts";
+import {
+  bytesStream,
+  normalizeLayerPath,
+  readLayer,
+  sniffCompression,
+} from "./layer.ts";
 import { encodeTar } from "./tar.ts";
 
 const TAR = "application/vnd.oci.image.layer.v1.tar";
 const TGZ = "application/vnd.oci.image.layer.v1.tar+gzip";
 
+/**
+ * The entries of a layer, read both ways: whole (the bytes) and streamed.
+ * The two must agree entry for entry, or both fail with the same message.
+ */
 async function entriesOf(
   blob: Uint8Array,
   mediaType = TAR,
 ): Promise<LayerEntry[]> {
-  const out: LayerEntry[] = [];
-  for await (const e of readLayer(blob, mediaType)) out.push(e);
-  return out;
+  const read = async (source: Uint8Array | ReadableStream<Uint8Array>) => {
+    const out: LayerEntry[] = [];
+    for await (const e of readLayer(source, mediaType)) out.push(e);
+    return out;
+  };
+  const [whole, streamed] = await Promise.allSettled([
+    read(blob),
+    read(bytesStream(blob)),
+  ]);
+  if (whole.status === "fulfilled" && streamed.status === "fulfilled") {
+    assert.deepEqual(streamed.value, whole.value);
+    return whole.value;
+  }
+  const message = (r: PromiseSettledResult<unknown>) =>
+    r.status === "rejected" ? (r.reason as Error).message : "(no error)";
+  assert.equal(message(streamed), message(whole), "streamed vs whole");
+  throw (whole as PromiseRejectedResult).reason;
 }
 
 const LONG = "usr/share/" + "a".repeat(120) + "/" + "b".repeat(150) + ".txt";

@@ -524,8 +524,12 @@ export class ImageStore {
       diffId: diffIds[i],
       open: () => blobs.open(descriptor.digest),
       async *entries() {
+        // A layer small enough is read and parsed whole, which skips the
+        // streams per member (most of a small layer's reading time).
         yield* readLayer(
-          await blobs.open(descriptor.digest),
+          descriptor.size <= blobs.wholeReadBytes
+            ? await blobs.readBytes(descriptor.digest)
+            : await blobs.open(descriptor.digest),
           descriptor.mediaType,
         );
       },
