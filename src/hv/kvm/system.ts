@@ -148,7 +148,6 @@ export class Kvm implements Hypervisor {
    * arm64 they get in-kernel PSCI, which needs `KVM_CAP_ARM_PSCI_0_2`.
    */
   createVm(options: KvmCreateVmOptions = {}): KvmVm {
-    const c = libc();
     let cpuid: Uint8Array | undefined;
     if (this.arch === "x86_64") {
       cpuid = encodeCpuid(guestCpuid(parseCpuid(this.supportedCpuid()), {
@@ -162,7 +161,7 @@ export class Kvm implements Hypervisor {
     }
     let fd: number;
     try {
-      fd = c.ioctl(this.#fd, KVM.CREATE_VM, 0, "KVM_CREATE_VM");
+      fd = createVmRetryingSignals(this.#fd);
     } catch (e) {
       if (e instanceof OsError) {
         throw new Error(
@@ -225,5 +224,24 @@ export function explainOpenError(path: string, e: unknown): Error {
       );
     default:
       return new Error(`Cannot open ${path}: ${e.message}`, { cause: e });
+  }
+}
+
+/** How often `KVM_CREATE_VM` is tried again after a signal interrupted it. */
+const CREATE_VM_TRIES = 100;
+
+/**
+ * `KVM_CREATE_VM`, tried again when a signal interrupts it (EINTR: the
+ * kernel gives up before the VM exists, so a retry is safe). Profilers'
+ * `SIGPROF` and the host program's own signals land there now and then.
+ */
+function createVmRetryingSignals(kvmFd: number): number {
+  for (let tries = 1;; tries++) {
+    try {
+      return libc().ioctl(kvmFd, KVM.CREATE_VM, 0, "KVM_CREATE_VM");
+    } catch (e) {
+      const interrupted = e instanceof OsError && e.errno === Errno.EINTR;
+      if (!interrupted || tries >= CREATE_VM_TRIES) throw e;
+    }
   }
 }

@@ -368,6 +368,10 @@ export class KvmVcpu implements HvVcpu {
       }
       Atomics.store(ctl, Ctl.State, CtlState.Replied);
       Atomics.notify(ctl, Ctl.State);
+      // Let what the exit set off on this thread (promise reactions: a
+      // program server reading the bytes a device just took in) run before
+      // the poll below holds the thread for up to SERVE_POLL_MS.
+      await null;
     }
   }
 
